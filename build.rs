@@ -1,0 +1,28 @@
+//! Compiles the protos with protox (no system `protoc`), embeds the encoded descriptor set and generates the
+//! tonic server and client code from that same set.
+
+use std::{env, fs, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    println!("cargo:rerun-if-changed=proto");
+
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
+        .include_imports(true)
+        .include_source_info(true)
+        .open_file("users/v1/user_service.proto")?;
+
+    // The encoded set keeps the `google.api.http` and `field_behavior` options, which a re-encode through
+    // prost_types would drop; reflection, the transcoder and the OpenAPI document all read these bytes.
+    fs::write(
+        out_dir.join("user_service_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(compiler.file_descriptor_set())?;
+    Ok(())
+}

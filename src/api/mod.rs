@@ -1,0 +1,476 @@
+//! The tonic `UserService`: decodes requests, hands the rules to the domain and the writes to the store, and
+//! converts the results. Thin on purpose: no rule lives here.
+
+mod convert;
+mod page_token;
+pub mod status;
+
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::caller::Caller;
+use crate::domain::change::{self, Outcome, PasswordInput, Patch};
+use crate::domain::error::{Conflict, Error, FieldViolation};
+use crate::domain::field_mask::UpdateMask;
+use crate::domain::{filter, password, validate};
+use crate::pb;
+use crate::pb::user_service_server::UserService;
+use crate::store::{Cursor, ListQuery, Mutation, OrderBy, OrderField, Store};
+use convert::{fields_from_proto, revision_to_proto, user_to_proto};
+use page_token::PageToken;
+
+/// Default and largest page sizes of the list methods (AIP-158: larger requests are lowered, not refused).
+pub const DEFAULT_PAGE_SIZE: i32 = 50;
+pub const MAX_PAGE_SIZE: i32 = 1000;
+/// Most updates one BatchUpdateUsers may carry.
+pub const MAX_BATCH_SIZE: usize = 1000;
+
+/// The service, cheap to clone: every clone shares the store.
+#[derive(Clone)]
+pub struct UserServiceImpl {
+    store: Store,
+}
+
+impl UserServiceImpl {
+    pub fn new(store: Store) -> Self {
+        UserServiceImpl { store }
+    }
+}
+
+/// What every call knows besides its message: who calls, and the request id for logs.
+struct CallContext {
+    caller: Caller,
+    request_id: String,
+}
+
+impl CallContext {
+    fn of<T>(request: &Request<T>) -> CallContext {
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::anonymous);
+        let request_id = request
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        CallContext { caller, request_id }
+    }
+}
+
+/// Runs one RPC body and converts its error, so each method reads as its logic alone.
+async fn handle<T, R, F, Fut>(request: Request<T>, body: F) -> Result<Response<R>, Status>
+where
+    F: FnOnce(CallContext, T) -> Fut,
+    Fut: std::future::Future<Output = Result<R, Error>>,
+{
+    let ctx = CallContext::of(&request);
+    let request_id = ctx.request_id.clone();
+    body(ctx, request.into_inner())
+        .await
+        .map(Response::new)
+        .map_err(|e| status::to_status(e, &request_id))
+}
+
+/// Checks a new password against the policy and hashes it off the async runtime.
+async fn password_input(password: &str, field: &str) -> Result<PasswordInput, Error> {
+    if password.is_empty() {
+        return Ok(PasswordInput::Absent);
+    }
+    let mut violations = Vec::new();
+    validate::validate_password(password, field, &mut violations);
+    if !violations.is_empty() {
+        return Ok(PasswordInput::Invalid(violations));
+    }
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || password::hash(&password))
+        .await
+        .map_err(|e| Error::internal(format!("password hashing task failed: {e}")))?
+        .map(PasswordInput::Hashed)
+}
+
+fn page_size(requested: i32) -> Result<i64, Error> {
+    match requested {
+        n if n < 0 => Err(Error::invalid_field("page_size", "must not be negative")),
+        0 => Ok(i64::from(DEFAULT_PAGE_SIZE)),
+        n => Ok(i64::from(n.min(MAX_PAGE_SIZE))),
+    }
+}
+
+/// Cuts a page fetched with one extra row back to `limit` and returns the token of the next page: empty when
+/// the extra row was not there, i.e. on the last page.
+fn cut_page<T>(rows: &mut Vec<T>, limit: i64, token_after: impl FnOnce(&T) -> String) -> String {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() <= limit {
+        return String::new();
+    }
+    rows.truncate(limit);
+    rows.last().map(token_after).unwrap_or_default()
+}
+
+fn parse_order_by(raw: &str) -> Result<OrderBy, Error> {
+    let words: Vec<&str> = raw.split_whitespace().collect();
+    let (field, descending) = match words.as_slice() {
+        [] => {
+            return Ok(OrderBy {
+                field: OrderField::CreateTime,
+                descending: false,
+            });
+        }
+        [field] => (*field, false),
+        [field, "desc"] => (*field, true),
+        [field, "asc"] => (*field, false),
+        _ => ("", false),
+    };
+    let field = match field {
+        "create_time" => OrderField::CreateTime,
+        "update_time" => OrderField::UpdateTime,
+        "email" => OrderField::Email,
+        _ => {
+            return Err(Error::invalid_field(
+                "order_by",
+                "must be one of create_time, update_time or email, optionally followed by \" desc\"",
+            ));
+        }
+    };
+    Ok(OrderBy { field, descending })
+}
+
+/// An update request turned into a decision function for the store. `prefix` is the request's path in a
+/// batch (`requests[2]`) or empty.
+async fn prepare_update(req: pb::UpdateUserRequest, prefix: &str) -> Result<(Uuid, crate::store::Decide), Error> {
+    let path = |field: &str| {
+        if prefix.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{prefix}.{field}")
+        }
+    };
+    let Some(user) = req.user else {
+        return Err(Error::invalid_field(path("user"), "is required"));
+    };
+    let id = change::parse_id(&user.id, &path("user.id"))?;
+    let mut violations = Vec::new();
+    let fields = fields_from_proto(&user, &path("user"), &mut violations);
+    let mask = match req.update_mask.as_ref().filter(|m| !m.paths.is_empty()) {
+        Some(m) => match UpdateMask::parse(&m.paths, &path("update_mask")) {
+            Ok(mask) => mask,
+            Err(v) => {
+                violations.extend(v);
+                UpdateMask::Paths(Vec::new())
+            }
+        },
+        None => UpdateMask::populated(&fields, !user.password.is_empty()),
+    };
+    Error::check(violations)?;
+    let password = password_input(&user.password, &path("user.password")).await?;
+    let allow_missing = req.allow_missing;
+    let patch = Patch {
+        fields,
+        password,
+        mask,
+        etag: user.etag,
+    };
+    let decide: crate::store::Decide = Box::new(move |stored: Option<&crate::domain::user::User>, now| match stored {
+        Some(stored) => change::update(stored, patch, now),
+        None if allow_missing => change::create(id, patch.fields, patch.password, now),
+        None => Err(Error::not_found(id)),
+    });
+    Ok((id, decide))
+}
+
+/// A lifecycle RPC: one user, one pure transition.
+async fn transition<F>(store: &Store, ctx: &CallContext, raw_id: &str, change: F) -> Result<pb::User, Error>
+where
+    F: FnOnce(&crate::domain::user::User, chrono::DateTime<Utc>) -> Result<Outcome, Error> + Send + 'static,
+{
+    let id = change::parse_id(raw_id, "id")?;
+    let decide: crate::store::Decide = Box::new(move |stored, now| match stored {
+        Some(stored) => change(stored, now),
+        None => Err(Error::not_found(id)),
+    });
+    let users = store
+        .write(
+            ctx.caller.subject.clone(),
+            vec![Mutation {
+                id,
+                field_prefix: None,
+                decide,
+            }],
+            false,
+        )
+        .await?;
+    single(users)
+}
+
+fn single(users: Vec<crate::domain::user::User>) -> Result<pb::User, Error> {
+    users
+        .first()
+        .map(user_to_proto)
+        .ok_or_else(|| Error::internal("a write returned no user"))
+}
+
+#[tonic::async_trait]
+impl UserService for UserServiceImpl {
+    async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
+        handle(request, |ctx, req| async move {
+            let Some(user) = req.user else {
+                return Err(Error::invalid_field("user", "is required"));
+            };
+            let id = if req.user_id.is_empty() {
+                Uuid::now_v7()
+            } else {
+                change::parse_id(&req.user_id, "user_id")?
+            };
+            let mut violations = Vec::new();
+            let fields = fields_from_proto(&user, "user", &mut violations);
+            Error::check(violations)?;
+            let password = password_input(&user.password, "user.password").await?;
+            let decide: crate::store::Decide = Box::new(move |stored, now| match stored {
+                Some(_) => Err(Error::AlreadyExists {
+                    conflict: Conflict::UserId,
+                    field: "user_id".into(),
+                    message: format!("a user with id {id} already exists"),
+                }),
+                None => change::create(id, fields, password, now),
+            });
+            let users = self
+                .store
+                .write(
+                    ctx.caller.subject,
+                    vec![Mutation {
+                        id,
+                        field_prefix: None,
+                        decide,
+                    }],
+                    req.validate_only,
+                )
+                .await?;
+            single(users)
+        })
+        .await
+    }
+
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
+        handle(request, |_ctx, req| async move {
+            let id = change::parse_id(&req.id, "id")?;
+            match self.store.get(id).await? {
+                Some(user) => Ok(user_to_proto(&user)),
+                None => Err(Error::not_found(id)),
+            }
+        })
+        .await
+    }
+
+    async fn lookup_user(&self, request: Request<pb::LookupUserRequest>) -> Result<Response<pb::User>, Status> {
+        handle(request, |_ctx, req| async move {
+            if req.email.is_empty() && req.username.is_empty() {
+                return Err(Error::invalid(vec![
+                    FieldViolation::new("email", "email or username is required"),
+                    FieldViolation::new("username", "email or username is required"),
+                ]));
+            }
+            let mut violations = Vec::new();
+            if req.email.chars().count() > 254 {
+                violations.push(FieldViolation::new("email", "must be at most 254 characters"));
+            }
+            if req.username.chars().count() > 64 {
+                violations.push(FieldViolation::new("username", "must be at most 64 characters"));
+            }
+            Error::check(violations)?;
+            let email = (!req.email.is_empty()).then(|| req.email.to_lowercase());
+            let username = (!req.username.is_empty()).then(|| req.username.to_lowercase());
+            let found = self.store.lookup(email.clone(), username.clone()).await?;
+            found
+                .iter()
+                .find(|u| {
+                    email.as_ref().is_none_or(|e| u.fields.email.to_lowercase() == *e)
+                        && username.as_ref().is_none_or(|n| u.fields.username == *n)
+                })
+                .map(user_to_proto)
+                .ok_or_else(|| {
+                    Error::NotFound(match (&email, &username) {
+                        (Some(_), Some(_)) => "no user has both that e-mail address and that username".into(),
+                        (Some(_), None) => "no user has that e-mail address".into(),
+                        _ => "no user has that username".into(),
+                    })
+                })
+        })
+        .await
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        handle(request, |_ctx, req| async move {
+            let mut violations = Vec::new();
+            let limit = page_size(req.page_size).map_err(|e| violations.push(e)).ok();
+            let filter = filter::parse(&req.filter)
+                .map_err(|e| violations.push(Error::invalid_field("filter", e.message)))
+                .ok();
+            let order = parse_order_by(&req.order_by).map_err(|e| violations.push(e)).ok();
+            let (Some(limit), Some(filter), Some(order)) = (limit, filter, order) else {
+                return Err(Error::combine_invalid(violations).unwrap_or_else(|| Error::internal("no violation")));
+            };
+            let query_hash = page_token::query_hash(&[&req.filter, &req.order_by, &req.show_deleted.to_string()]);
+            let after = PageToken::decode(&req.page_token, query_hash)?.map(|t| t.cursor);
+            if let Some(cursor) = &after {
+                let time_key_ok = order.field == OrderField::Email || cursor.key.parse::<i64>().is_ok();
+                if !time_key_ok || Uuid::try_parse(&cursor.id).is_err() {
+                    return Err(Error::invalid_field(
+                        "page_token",
+                        "is not a page token this list returned",
+                    ));
+                }
+            }
+            let mut users = self
+                .store
+                .list(ListQuery {
+                    filter,
+                    order,
+                    show_deleted: req.show_deleted,
+                    after,
+                    limit: limit + 1,
+                })
+                .await?;
+            let next_page_token = cut_page(&mut users, limit, |last| {
+                PageToken {
+                    cursor: Cursor::after(last, order),
+                }
+                .encode(query_hash)
+            });
+            Ok(pb::ListUsersResponse {
+                users: users.iter().map(user_to_proto).collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
+        handle(request, |ctx, req| async move {
+            let validate_only = req.validate_only;
+            let (id, decide) = prepare_update(req, "").await?;
+            let users = self
+                .store
+                .write(
+                    ctx.caller.subject,
+                    vec![Mutation {
+                        id,
+                        field_prefix: None,
+                        decide,
+                    }],
+                    validate_only,
+                )
+                .await?;
+            single(users)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Result<Response<pb::User>, Status> {
+        handle(request, |ctx, req| async move {
+            let etag = req.etag;
+            transition(&self.store, &ctx, &req.id, move |u, now| change::delete(u, &etag, now)).await
+        })
+        .await
+    }
+
+    async fn undelete_user(&self, request: Request<pb::UndeleteUserRequest>) -> Result<Response<pb::User>, Status> {
+        handle(request, |ctx, req| async move {
+            let etag = req.etag;
+            transition(&self.store, &ctx, &req.id, move |u, _| change::undelete(u, &etag)).await
+        })
+        .await
+    }
+
+    async fn disable_user(&self, request: Request<pb::DisableUserRequest>) -> Result<Response<pb::User>, Status> {
+        handle(request, |ctx, req| async move {
+            let (etag, reason) = (req.etag, req.reason);
+            transition(&self.store, &ctx, &req.id, move |u, _| {
+                change::disable(u, &reason, &etag)
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn enable_user(&self, request: Request<pb::EnableUserRequest>) -> Result<Response<pb::User>, Status> {
+        handle(request, |ctx, req| async move {
+            let etag = req.etag;
+            transition(&self.store, &ctx, &req.id, move |u, _| change::enable(u, &etag)).await
+        })
+        .await
+    }
+
+    async fn batch_update_users(
+        &self,
+        request: Request<pb::BatchUpdateUsersRequest>,
+    ) -> Result<Response<pb::BatchUpdateUsersResponse>, Status> {
+        handle(request, |ctx, req| async move {
+            if req.requests.len() > MAX_BATCH_SIZE {
+                return Err(Error::invalid_field(
+                    "requests",
+                    format!(
+                        "has {} updates; at most {MAX_BATCH_SIZE} are allowed",
+                        req.requests.len()
+                    ),
+                ));
+            }
+            let mut mutations = Vec::with_capacity(req.requests.len());
+            let mut invalid = Vec::new();
+            for (i, item) in req.requests.into_iter().enumerate() {
+                let prefix = format!("requests[{i}]");
+                if item.validate_only {
+                    invalid.push(Error::invalid_field(
+                        format!("{prefix}.validate_only"),
+                        "cannot be set on a batch item: a batch is applied whole or not at all",
+                    ));
+                    continue;
+                }
+                match prepare_update(item, &prefix).await {
+                    Ok((id, decide)) => mutations.push(Mutation {
+                        id,
+                        field_prefix: Some(prefix),
+                        decide,
+                    }),
+                    Err(e @ Error::InvalidArgument { .. }) => invalid.push(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(e) = Error::combine_invalid(invalid) {
+                return Err(e);
+            }
+            let users = self.store.write(ctx.caller.subject, mutations, false).await?;
+            Ok(pb::BatchUpdateUsersResponse {
+                users: users.iter().map(user_to_proto).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn list_user_revisions(
+        &self,
+        request: Request<pb::ListUserRevisionsRequest>,
+    ) -> Result<Response<pb::ListUserRevisionsResponse>, Status> {
+        handle(request, |_ctx, req| async move {
+            let id = change::parse_id(&req.id, "id")?;
+            let limit = page_size(req.page_size)?;
+            let query_hash = page_token::query_hash(&[&req.id]);
+            let before = page_token::RevisionToken::decode(&req.page_token, query_hash)?.map(|t| t.before);
+            let mut revisions = self.store.revisions(id, before, limit + 1).await?;
+            let next_page_token = cut_page(&mut revisions, limit, |last| {
+                page_token::RevisionToken { before: last.revision }.encode(query_hash)
+            });
+            Ok(pb::ListUserRevisionsResponse {
+                revisions: revisions.iter().map(revision_to_proto).collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+}

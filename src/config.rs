@@ -1,0 +1,141 @@
+//! Command-line and environment configuration: one clap struct per command, each flag with its env name and
+//! default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::store::{SqliteSync, StoreOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "user-service",
+    version,
+    about = "User management over gRPC, gRPC-Web and REST/JSON"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC, gRPC-Web and REST on one port (runs pending migrations first).
+    Serve(ServeConfig),
+    /// Run pending database migrations and exit.
+    Migrate(DatabaseConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// Database URL: `sqlite://<path>` (created with its folder) or `postgres://user@host/db`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://./data/users.db")]
+    pub database_url: String,
+
+    /// Most pooled database connections. PostgreSQL serves concurrent writes on separate connections; SQLite
+    /// uses them for concurrent reads (writes are queued to one at a time).
+    #[arg(long, env = "USER_SERVICE_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+
+    /// How long a request waits for a database connection (and SQLite for its write lock) before it fails
+    /// with UNAVAILABLE, e.g. `5s`, `500ms`.
+    #[arg(long, env = "USER_SERVICE_DB_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_timeout: Duration,
+
+    /// SQLite durability: `full` fsyncs every commit (survives power loss); `normal` survives process crashes
+    /// but may lose the last commits on power loss.
+    #[arg(long, env = "USER_SERVICE_SQLITE_SYNC", value_enum, default_value = "full")]
+    pub sqlite_sync: SqliteSync,
+}
+
+impl DatabaseConfig {
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            url: self.database_url.clone(),
+            pool_size: self.db_pool_size,
+            sqlite_sync: self.sqlite_sync,
+            acquire_timeout: self.db_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on for all protocols.
+    #[arg(long, env = "USER_SERVICE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Largest gRPC message accepted or sent, in bytes. 4 MiB holds a full batch of 1000 typical updates.
+    #[arg(long, env = "USER_SERVICE_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most concurrent HTTP/2 streams per connection; bounds what one client can keep in flight.
+    #[arg(long, env = "USER_SERVICE_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
+    /// How long a client may take to send a request's headers before its connection is closed (slowloris).
+    #[arg(long, env = "USER_SERVICE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long in-flight requests may take to finish before connections are closed.
+    #[arg(long, env = "USER_SERVICE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often soft-deleted users past their purge time are removed for good.
+    #[arg(long, env = "USER_SERVICE_PURGE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub purge_interval: Duration,
+}
+
+impl ServeConfig {
+    /// The configuration tests and embedders start from: every default, on the given database.
+    pub fn for_database(database_url: &str) -> ServeConfig {
+        let cli = Cli::parse_from(["user-service", "serve", "--database-url", database_url]);
+        match cli.command {
+            Command::Serve(config) => config,
+            Command::Migrate(_) => unreachable!("parsed a serve command"),
+        }
+    }
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a duration like 500ms, 5s, 2m or 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{raw}` has an unknown unit; use ms, s, m or h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn serve_defaults_match_the_contract() {
+        let config = ServeConfig::for_database("sqlite://./data/users.db");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database.sqlite_sync, SqliteSync::Full);
+    }
+}

@@ -1,0 +1,13 @@
+//! The domain core: the user model and every rule about it, as pure functions with no I/O.
+
+pub mod caller;
+pub mod change;
+pub mod error;
+pub mod field_mask;
+pub mod filter;
+pub mod password;
+pub mod revision;
+pub mod user;
+pub mod validate;
+
+pub use error::{Error, FieldViolation};

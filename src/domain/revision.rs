@@ -1,0 +1,237 @@
+//! The audit record of a change: which paths changed, with their values before and after.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+use super::field_mask::{UserField, quote_segment};
+use super::user::{Membership, User, UserFields};
+
+/// What a password looks like in a revision: it is never recorded, only that it changed.
+pub const REDACTED: &str = "[redacted]";
+
+/// One stored revision of a user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revision {
+    pub revision: i64,
+    pub actor: String,
+    pub paths: Vec<String>,
+    pub create_time: DateTime<Utc>,
+    pub before: Map<String, Value>,
+    pub after: Map<String, Value>,
+}
+
+/// The changed paths between two versions of a user, keyed by mask path; empty when nothing changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Diff {
+    pub paths: Vec<String>,
+    pub before: Map<String, Value>,
+    pub after: Map<String, Value>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    fn record(&mut self, path: String, before: Value, after: Value) {
+        self.before.insert(path.clone(), before);
+        self.after.insert(path.clone(), after);
+        self.paths.push(path);
+    }
+}
+
+/// Reads one service-maintained field of a user as JSON.
+type ServiceFieldValue = fn(&User) -> Value;
+
+/// Compares two versions of a user. `before` is `None` for a creation. A password change is recorded as
+/// `password` with both values redacted (or null where there was none).
+pub fn diff(before: Option<&User>, after: &User, password_changed: bool) -> Diff {
+    let mut d = Diff::default();
+    let empty = UserFields::default();
+    let (bf, af) = (before.map_or(&empty, |u| &u.fields), &after.fields);
+    for field in UserField::ALL {
+        match field {
+            UserField::Password => {
+                if password_changed {
+                    let had = before.is_some_and(|u| u.has_password);
+                    let redacted = |present: bool| {
+                        if present {
+                            Value::String(REDACTED.to_owned())
+                        } else {
+                            Value::Null
+                        }
+                    };
+                    d.record("password".into(), redacted(had), redacted(after.has_password));
+                }
+            }
+            UserField::Labels => {
+                let keys: std::collections::BTreeSet<&String> = bf.labels.keys().chain(af.labels.keys()).collect();
+                for key in keys {
+                    let (b, a) = (bf.labels.get(key), af.labels.get(key));
+                    if b != a {
+                        let to_json = |v: Option<&String>| v.map_or(Value::Null, |s| Value::String(s.clone()));
+                        d.record(format!("labels.{}", quote_segment(key)), to_json(b), to_json(a));
+                    }
+                }
+            }
+            UserField::Attributes => match (&bf.attributes, &af.attributes) {
+                (Some(b), Some(a)) => {
+                    let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+                    for key in keys {
+                        let (bv, av) = (b.get(key), a.get(key));
+                        if bv != av {
+                            d.record(
+                                format!("attributes.{}", quote_segment(key)),
+                                bv.cloned().unwrap_or(Value::Null),
+                                av.cloned().unwrap_or(Value::Null),
+                            );
+                        }
+                    }
+                }
+                (b, a) if b != a => {
+                    let to_json = |v: &Option<Map<String, Value>>| v.clone().map_or(Value::Null, Value::Object);
+                    d.record("attributes".into(), to_json(b), to_json(a));
+                }
+                _ => {}
+            },
+            _ => {
+                let (b, a) = (field_json(bf, field), field_json(af, field));
+                if b != a {
+                    d.record(field.name().into(), b, a);
+                }
+            }
+        }
+    }
+    let service_fields: [(&str, ServiceFieldValue); 5] = [
+        ("email_verified", |u| Value::Bool(u.email_verified)),
+        ("state", |u| Value::String(u.state().name().to_owned())),
+        ("disabled_reason", |u| string_or_null(&u.disabled_reason)),
+        ("delete_time", |u| time_json(u.delete_time)),
+        ("purge_time", |u| time_json(u.purge_time)),
+    ];
+    if let Some(before) = before {
+        for (name, value) in service_fields {
+            let (b, a) = (value(before), value(after));
+            if b != a {
+                d.record(name.into(), b, a);
+            }
+        }
+    }
+    d
+}
+
+fn string_or_null(s: &str) -> Value {
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s.to_owned())
+    }
+}
+
+/// A timestamp in its proto3 JSON form (RFC 3339, UTC, `Z`).
+pub fn time_json(t: Option<DateTime<Utc>>) -> Value {
+    t.map_or(Value::Null, |t| {
+        Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    })
+}
+
+fn membership_json(m: &Membership) -> Value {
+    serde_json::json!({"organizationId": m.organization_id, "role": m.role, "admin": m.admin})
+}
+
+/// A writable field's value as JSON; unset values are null so before/after show presence plainly.
+fn field_json(f: &UserFields, field: UserField) -> Value {
+    match field {
+        UserField::Username => string_or_null(&f.username),
+        UserField::Email => string_or_null(&f.email),
+        UserField::GivenName => string_or_null(&f.given_name),
+        UserField::FamilyName => string_or_null(&f.family_name),
+        UserField::PhoneNumber => string_or_null(&f.phone_number),
+        UserField::NationalId => string_or_null(&f.national_id),
+        UserField::Address => string_or_null(&f.address),
+        UserField::BirthDate => string_or_null(&f.birth_date),
+        UserField::LanguageCode => string_or_null(&f.language_code),
+        UserField::RegionCode => string_or_null(&f.region_code),
+        UserField::TimeZone => string_or_null(&f.time_zone),
+        UserField::ImageUri => string_or_null(&f.image_uri),
+        UserField::Description => string_or_null(&f.description),
+        UserField::Roles if f.roles.is_empty() => Value::Null,
+        UserField::Roles => Value::Array(f.roles.iter().cloned().map(Value::String).collect()),
+        UserField::Memberships if f.memberships.is_empty() => Value::Null,
+        UserField::Memberships => Value::Array(f.memberships.iter().map(membership_json).collect()),
+        UserField::ValidFrom => time_json(f.valid_from),
+        UserField::ExpireTime => time_json(f.expire_time),
+        // Maps and the password are diffed key by key / redacted in `diff`.
+        UserField::Labels | UserField::Attributes | UserField::Password => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::user::to_stored_precision;
+    use std::collections::BTreeMap;
+    use uuid::Uuid;
+
+    fn user() -> User {
+        let now = to_stored_precision(Utc::now());
+        User {
+            id: Uuid::now_v7(),
+            fields: UserFields {
+                email: "a@example.com".into(),
+                labels: BTreeMap::from([("team".into(), "core".into())]),
+                ..Default::default()
+            },
+            email_verified: true,
+            disabled: false,
+            disabled_reason: String::new(),
+            has_password: true,
+            create_time: now,
+            update_time: now,
+            delete_time: None,
+            purge_time: None,
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn identical_users_have_no_diff() {
+        let u = user();
+        assert!(diff(Some(&u), &u.clone(), false).is_empty());
+    }
+
+    #[test]
+    fn records_changed_paths_with_values_and_redacts_password() {
+        let before = user();
+        let mut after = before.clone();
+        after.fields.given_name = "Ann".into();
+        after.fields.labels.insert("a.b".into(), "x".into());
+        after.fields.labels.remove("team");
+        let d = diff(Some(&before), &after, true);
+        assert_eq!(d.paths, vec!["given_name", "labels.`a.b`", "labels.team", "password"]);
+        assert_eq!(d.before["given_name"], Value::Null);
+        assert_eq!(d.after["given_name"], "Ann");
+        assert_eq!(d.before["labels.team"], "core");
+        assert_eq!(d.after["labels.team"], Value::Null);
+        assert_eq!(d.after["password"], REDACTED);
+        assert!(!serde_json::to_string(&d.after).unwrap_or_default().contains("Secret"));
+    }
+
+    #[test]
+    fn creation_lists_set_fields() {
+        let d = diff(None, &user(), true);
+        assert_eq!(d.paths, vec!["email", "labels.team", "password"]);
+        assert_eq!(d.before["password"], Value::Null);
+    }
+
+    #[test]
+    fn state_changes_are_recorded() {
+        let before = user();
+        let mut after = before.clone();
+        after.disabled = true;
+        after.disabled_reason = "fraud".into();
+        let d = diff(Some(&before), &after, false);
+        assert_eq!(d.paths, vec!["state", "disabled_reason"]);
+        assert_eq!(d.after["state"], "DISABLED");
+    }
+}

@@ -1,0 +1,20 @@
+//! user-service: user management over gRPC, gRPC-Web and REST/JSON, with field-mask partial updates.
+//! `app` builds the whole service as one router; `serve` runs it on a listener until shutdown.
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod server;
+pub mod store;
+
+pub use server::{App, app, serve};
+
+/// The generated protobuf types and tonic stubs of `users.v1`, and the descriptor set they came from.
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
+    tonic::include_proto!("users.v1");
+
+    /// The encoded `FileDescriptorSet` of the protos, with the `google.api.http` and `field_behavior` options
+    /// kept; reflection serves it.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/user_service_descriptor.bin"));
+}

@@ -1,0 +1,50 @@
+//! The `user-service` command: parses the command line, sets up logging and runs the chosen command.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use user_service::config::{Cli, Command};
+use user_service::store::Store;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    match cli.command {
+        Command::Migrate(database) => {
+            let options = database.store_options();
+            let applied = tokio::task::spawn_blocking(move || Store::migrate(&options)).await??;
+            tracing::info!(applied, "migrations done");
+        }
+        Command::Serve(config) => {
+            let app = user_service::app(&config).await?;
+            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            tracing::info!(address = %listener.local_addr()?, "serving");
+            user_service::serve(listener, app, &config, shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,182 @@
+//! Assembles the service (gRPC service, health, reflection, probes, middleware) into one router and serves it
+//! on one port over HTTP/1.1 and HTTP/2 with deliberate connection limits and graceful shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::api::UserServiceImpl;
+use crate::config::ServeConfig;
+use crate::pb;
+use crate::pb::user_service_server::UserServiceServer;
+use crate::store::Store;
+
+/// How often the database is pinged to keep the health status true.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Largest header block a client may send; users need no more than a token and a few ids.
+const MAX_HEADER_BYTES: u32 = 64 * 1024;
+
+/// The built service: its router and the store behind it.
+pub struct App {
+    pub router: Router,
+    pub store: Store,
+    /// Background loops (health, purge) that end with the app.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Opens the database (running migrations) and builds the router serving every protocol.
+pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
+    let options = config.database.store_options();
+    let store = tokio::task::spawn_blocking(move || Store::open(&options)).await??;
+
+    let user_service = UserServiceServer::new(UserServiceImpl::new(store.clone()))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let health_task = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut last = None;
+            loop {
+                let status = if store.ping().await {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                if last != Some(status) {
+                    tracing::info!(?status, "health status");
+                    health_reporter.set_service_status("", status).await;
+                    health_reporter.set_service_status("users.v1.UserService", status).await;
+                    last = Some(status);
+                }
+                tokio::time::sleep(HEALTH_INTERVAL).await;
+            }
+        }
+    });
+
+    let purge_task = tokio::spawn({
+        let store = store.clone();
+        let interval = config.purge_interval;
+        async move {
+            loop {
+                match store.purge_expired(chrono::Utc::now()).await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::info!(purged, "purged soft-deleted users past their purge time"),
+                    Err(e) => tracing::warn!(error = ?e, "purging soft-deleted users failed; will retry"),
+                }
+                tokio::time::sleep(interval).await;
+            }
+        }
+    });
+
+    let grpc = tonic::service::Routes::new(user_service)
+        .add_service(health_service)
+        .add_service(reflection)
+        .into_axum_router();
+    let probes = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(store.clone());
+    let router = grpc
+        .merge(probes)
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    Ok(App {
+        router,
+        store,
+        tasks: vec![health_task, purge_task],
+    })
+}
+
+async fn readyz(State(store): State<Store>) -> (StatusCode, &'static str) {
+    if store.ping().await {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish for up to the
+/// configured grace period.
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    config: &ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_header_list_size(MAX_HEADER_BYTES)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let graceful = GracefulShutdown::new();
+    let router = app.router.clone();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "set_nodelay failed");
+                }
+                let service = TowerToHyperService::new(router.clone());
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(config.shutdown_grace) => tracing::warn!("grace period over; closing connections"),
+    }
+    drop(app);
+    Ok(())
+}

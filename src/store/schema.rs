@@ -1,0 +1,68 @@
+//! Diesel table definitions, written by hand to match both backends' migrations.
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        username -> Nullable<Text>,
+        email -> Text,
+        email_key -> Text,
+        email_verified -> Bool,
+        given_name -> Text,
+        family_name -> Text,
+        phone_number -> Text,
+        national_id -> Text,
+        address -> Text,
+        birth_date -> Text,
+        language_code -> Text,
+        region_code -> Text,
+        time_zone -> Text,
+        image_uri -> Text,
+        description -> Text,
+        disabled -> Bool,
+        disabled_reason -> Text,
+        labels -> Text,
+        roles -> Text,
+        memberships -> Text,
+        attributes -> Nullable<Text>,
+        valid_from -> Nullable<Timestamp>,
+        expire_time -> Nullable<Timestamp>,
+        password_hash -> Nullable<Text>,
+        create_time -> Timestamp,
+        update_time -> Timestamp,
+        delete_time -> Nullable<Timestamp>,
+        purge_time -> Nullable<Timestamp>,
+        revision -> BigInt,
+    }
+}
+
+diesel::table! {
+    user_labels (user_id, label_key) {
+        user_id -> Text,
+        label_key -> Text,
+        label_value -> Text,
+    }
+}
+
+diesel::table! {
+    user_roles (user_id, role) {
+        user_id -> Text,
+        role -> Text,
+    }
+}
+
+diesel::table! {
+    user_revisions (user_id, revision) {
+        user_id -> Text,
+        revision -> BigInt,
+        actor -> Text,
+        update_mask -> Text,
+        create_time -> Timestamp,
+        before_values -> Text,
+        after_values -> Text,
+    }
+}
+
+diesel::joinable!(user_labels -> users (user_id));
+diesel::joinable!(user_roles -> users (user_id));
+diesel::joinable!(user_revisions -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(users, user_labels, user_roles, user_revisions);

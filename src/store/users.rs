@@ -1,0 +1,603 @@
+//! SQL for users, their label/role index rows and revisions, written once for both backends.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::dsl::{exists, not};
+use diesel::prelude::*;
+use diesel::result::Error as DieselError;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::connection::{DbConnection, MultiBackend};
+use super::schema::{user_labels, user_revisions, user_roles, users};
+use crate::domain::change::{Outcome, PasswordWrite};
+use crate::domain::filter::{Condition, Filter, TextField, TextPattern};
+use crate::domain::revision::{self, Revision};
+use crate::domain::user::{Membership, State, User, UserFields};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = users)]
+#[diesel(treat_none_as_null = true)]
+pub struct UserRow {
+    id: String,
+    username: Option<String>,
+    email: String,
+    email_key: String,
+    email_verified: bool,
+    given_name: String,
+    family_name: String,
+    phone_number: String,
+    national_id: String,
+    address: String,
+    birth_date: String,
+    language_code: String,
+    region_code: String,
+    time_zone: String,
+    image_uri: String,
+    description: String,
+    disabled: bool,
+    disabled_reason: String,
+    labels: String,
+    roles: String,
+    memberships: String,
+    attributes: Option<String>,
+    valid_from: Option<NaiveDateTime>,
+    expire_time: Option<NaiveDateTime>,
+    password_hash: Option<String>,
+    create_time: NaiveDateTime,
+    update_time: NaiveDateTime,
+    delete_time: Option<NaiveDateTime>,
+    purge_time: Option<NaiveDateTime>,
+    revision: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = user_revisions)]
+struct RevisionRow {
+    user_id: String,
+    revision: i64,
+    actor: String,
+    update_mask: String,
+    create_time: NaiveDateTime,
+    before_values: String,
+    after_values: String,
+}
+
+/// A stored row that does not decode is corruption, reported as a deserialization error (INTERNAL).
+fn corrupt(what: &str, e: impl std::fmt::Display) -> DieselError {
+    DieselError::DeserializationError(format!("stored {what} is invalid: {e}").into())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, DieselError> {
+    serde_json::to_string(value).map_err(|e| DieselError::SerializationError(Box::new(e)))
+}
+
+fn utc(t: NaiveDateTime) -> DateTime<Utc> {
+    t.and_utc()
+}
+
+fn naive(t: DateTime<Utc>) -> NaiveDateTime {
+    t.naive_utc()
+}
+
+impl UserRow {
+    fn from_user(user: &User, password_hash: Option<String>) -> Result<UserRow, DieselError> {
+        let f = &user.fields;
+        Ok(UserRow {
+            id: user.id.to_string(),
+            username: (!f.username.is_empty()).then(|| f.username.clone()),
+            email: f.email.clone(),
+            email_key: f.email.to_lowercase(),
+            email_verified: user.email_verified,
+            given_name: f.given_name.clone(),
+            family_name: f.family_name.clone(),
+            phone_number: f.phone_number.clone(),
+            national_id: f.national_id.clone(),
+            address: f.address.clone(),
+            birth_date: f.birth_date.clone(),
+            language_code: f.language_code.clone(),
+            region_code: f.region_code.clone(),
+            time_zone: f.time_zone.clone(),
+            image_uri: f.image_uri.clone(),
+            description: f.description.clone(),
+            disabled: user.disabled,
+            disabled_reason: user.disabled_reason.clone(),
+            labels: to_json(&f.labels)?,
+            roles: to_json(&f.roles)?,
+            memberships: to_json(&f.memberships)?,
+            attributes: f.attributes.as_ref().map(to_json).transpose()?,
+            valid_from: f.valid_from.map(naive),
+            expire_time: f.expire_time.map(naive),
+            password_hash,
+            create_time: naive(user.create_time),
+            update_time: naive(user.update_time),
+            delete_time: user.delete_time.map(naive),
+            purge_time: user.purge_time.map(naive),
+            revision: user.revision,
+        })
+    }
+
+    fn into_user(self) -> Result<(User, Option<String>), DieselError> {
+        let labels: BTreeMap<String, String> = serde_json::from_str(&self.labels).map_err(|e| corrupt("labels", e))?;
+        let roles: Vec<String> = serde_json::from_str(&self.roles).map_err(|e| corrupt("roles", e))?;
+        let memberships: Vec<Membership> =
+            serde_json::from_str(&self.memberships).map_err(|e| corrupt("memberships", e))?;
+        let attributes: Option<Map<String, Value>> = self
+            .attributes
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt("attributes", e))?;
+        let id = Uuid::try_parse(&self.id).map_err(|e| corrupt("id", e))?;
+        let user = User {
+            id,
+            fields: UserFields {
+                username: self.username.unwrap_or_default(),
+                email: self.email,
+                given_name: self.given_name,
+                family_name: self.family_name,
+                phone_number: self.phone_number,
+                national_id: self.national_id,
+                address: self.address,
+                birth_date: self.birth_date,
+                language_code: self.language_code,
+                region_code: self.region_code,
+                time_zone: self.time_zone,
+                image_uri: self.image_uri,
+                description: self.description,
+                labels,
+                roles,
+                memberships,
+                attributes,
+                valid_from: self.valid_from.map(utc),
+                expire_time: self.expire_time.map(utc),
+            },
+            email_verified: self.email_verified,
+            disabled: self.disabled,
+            disabled_reason: self.disabled_reason,
+            has_password: self.password_hash.is_some(),
+            create_time: utc(self.create_time),
+            update_time: utc(self.update_time),
+            delete_time: self.delete_time.map(utc),
+            purge_time: self.purge_time.map(utc),
+            revision: self.revision,
+        };
+        Ok((user, self.password_hash))
+    }
+}
+
+/// Takes the row's write lock for the rest of the transaction: a no-op UPDATE works the same on both
+/// backends (a row lock on PostgreSQL, the database write lock on SQLite), so a read-modify-write that
+/// follows sees the latest committed version and no concurrent writer can slip in between.
+pub fn lock(conn: &mut DbConnection, id: Uuid) -> QueryResult<bool> {
+    let n = diesel::update(users::table.find(id.to_string()))
+        .set(users::revision.eq(users::revision))
+        .execute(conn)?;
+    Ok(n > 0)
+}
+
+/// A user and its password hash.
+pub fn find(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<(User, Option<String>)>> {
+    users::table
+        .find(id.to_string())
+        .select(UserRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(UserRow::into_user)
+        .transpose()
+}
+
+pub fn user_exists(conn: &mut DbConnection, id: Uuid) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(users::table.find(id.to_string()))).get_result(conn)
+}
+
+pub fn lookup(conn: &mut DbConnection, email: Option<String>, username: Option<String>) -> QueryResult<Vec<User>> {
+    let mut query = users::table.select(UserRow::as_select()).into_boxed::<MultiBackend>();
+    if let Some(email) = email {
+        query = query.or_filter(users::email_key.eq(email.to_lowercase()));
+    }
+    if let Some(username) = username {
+        query = query.or_filter(users::username.eq(username.to_lowercase()));
+    }
+    query
+        .limit(2)
+        .load(conn)?
+        .into_iter()
+        .map(|row| row.into_user().map(|(u, _)| u))
+        .collect()
+}
+
+/// Inserts or updates the user an outcome decided on, with its index rows and revision. A change that changes
+/// nothing writes nothing and returns the stored user.
+pub fn save(
+    conn: &mut DbConnection,
+    actor: &str,
+    stored: Option<(User, Option<String>)>,
+    outcome: Outcome,
+    now: DateTime<Utc>,
+) -> QueryResult<User> {
+    let Outcome { mut user, password } = outcome;
+    match stored {
+        None => {
+            let hash = match password {
+                PasswordWrite::Set(hash) => Some(hash),
+                PasswordWrite::Keep | PasswordWrite::Clear => None,
+            };
+            user.has_password = hash.is_some();
+            user.revision = 1;
+            user.create_time = now;
+            user.update_time = now;
+            let diff = revision::diff(None, &user, user.has_password);
+            diesel::insert_into(users::table)
+                .values(UserRow::from_user(&user, hash)?)
+                .execute(conn)?;
+            write_labels(conn, user.id, &BTreeMap::new(), &user.fields.labels)?;
+            write_roles(conn, user.id, &[], &user.fields.roles)?;
+            insert_revision(conn, &user, actor, diff, now)?;
+            Ok(user)
+        }
+        Some((old, old_hash)) => {
+            let password_changed = password != PasswordWrite::Keep;
+            let diff = revision::diff(Some(&old), &user, password_changed);
+            if diff.is_empty() {
+                return Ok(old);
+            }
+            let hash = match password {
+                PasswordWrite::Keep => old_hash,
+                PasswordWrite::Set(hash) => Some(hash),
+                PasswordWrite::Clear => None,
+            };
+            user.has_password = hash.is_some();
+            user.revision = old.revision + 1;
+            user.update_time = now;
+            diesel::update(users::table.find(user.id.to_string()))
+                .set(UserRow::from_user(&user, hash)?)
+                .execute(conn)?;
+            write_labels(conn, user.id, &old.fields.labels, &user.fields.labels)?;
+            write_roles(conn, user.id, &old.fields.roles, &user.fields.roles)?;
+            insert_revision(conn, &user, actor, diff, now)?;
+            Ok(user)
+        }
+    }
+}
+
+/// Brings the label index rows from `old` to `new`, touching only keys that changed. Rows go one by one:
+/// multi-row inserts are not portable across the two backends through one connection type.
+fn write_labels(
+    conn: &mut DbConnection,
+    id: Uuid,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> QueryResult<()> {
+    let id = id.to_string();
+    let stale: Vec<&String> = old
+        .iter()
+        .filter(|(k, v)| new.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .collect();
+    if !stale.is_empty() {
+        diesel::delete(
+            user_labels::table
+                .filter(user_labels::user_id.eq(&id))
+                .filter(user_labels::label_key.eq_any(stale)),
+        )
+        .execute(conn)?;
+    }
+    for (key, value) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
+        diesel::insert_into(user_labels::table)
+            .values((
+                user_labels::user_id.eq(&id),
+                user_labels::label_key.eq(key),
+                user_labels::label_value.eq(value),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Brings the role index rows from `old` to `new`, touching only roles that were removed or added.
+fn write_roles(conn: &mut DbConnection, id: Uuid, old: &[String], new: &[String]) -> QueryResult<()> {
+    let id = id.to_string();
+    let removed: Vec<&String> = old.iter().filter(|r| !new.contains(r)).collect();
+    if !removed.is_empty() {
+        diesel::delete(
+            user_roles::table
+                .filter(user_roles::user_id.eq(&id))
+                .filter(user_roles::role.eq_any(removed)),
+        )
+        .execute(conn)?;
+    }
+    for role in new.iter().filter(|r| !old.contains(r)) {
+        diesel::insert_into(user_roles::table)
+            .values((user_roles::user_id.eq(&id), user_roles::role.eq(role)))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+fn insert_revision(
+    conn: &mut DbConnection,
+    user: &User,
+    actor: &str,
+    diff: revision::Diff,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    let row = RevisionRow {
+        user_id: user.id.to_string(),
+        revision: user.revision,
+        actor: actor.to_owned(),
+        update_mask: to_json(&diff.paths)?,
+        create_time: naive(now),
+        before_values: to_json(&diff.before)?,
+        after_values: to_json(&diff.after)?,
+    };
+    diesel::insert_into(user_revisions::table).values(row).execute(conn)?;
+    Ok(())
+}
+
+pub fn revisions(conn: &mut DbConnection, id: Uuid, before: Option<i64>, limit: i64) -> QueryResult<Vec<Revision>> {
+    let mut query = user_revisions::table
+        .filter(user_revisions::user_id.eq(id.to_string()))
+        .select(RevisionRow::as_select())
+        .order(user_revisions::revision.desc())
+        .limit(limit)
+        .into_boxed::<MultiBackend>();
+    if let Some(before) = before {
+        query = query.filter(user_revisions::revision.lt(before));
+    }
+    query
+        .load(conn)?
+        .into_iter()
+        .map(|row| {
+            let object = |s: &str, what: &str| -> QueryResult<Map<String, Value>> {
+                serde_json::from_str(s).map_err(|e| corrupt(what, e))
+            };
+            Ok(Revision {
+                revision: row.revision,
+                actor: row.actor,
+                paths: serde_json::from_str(&row.update_mask).map_err(|e| corrupt("revision mask", e))?,
+                create_time: utc(row.create_time),
+                before: object(&row.before_values, "revision before")?,
+                after: object(&row.after_values, "revision after")?,
+            })
+        })
+        .collect()
+}
+
+pub fn purge_expired(conn: &mut DbConnection, now: DateTime<Utc>) -> QueryResult<usize> {
+    let expired = users::table.filter(users::purge_time.le(naive(now))).select(users::id);
+    // Children first: SQLite enforces the foreign keys only when the pragma is on, so do not rely on cascades.
+    diesel::delete(user_labels::table.filter(user_labels::user_id.eq_any(expired))).execute(conn)?;
+    diesel::delete(user_roles::table.filter(user_roles::user_id.eq_any(expired))).execute(conn)?;
+    diesel::delete(user_revisions::table.filter(user_revisions::user_id.eq_any(expired))).execute(conn)?;
+    diesel::delete(users::table.filter(users::purge_time.le(naive(now)))).execute(conn)
+}
+
+/// The sort of a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum OrderField {
+    CreateTime,
+    UpdateTime,
+    Email,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderBy {
+    pub field: OrderField,
+    pub descending: bool,
+}
+
+/// Where the previous page ended: the sort key and id of its last user (keyset pagination, so deep pages cost
+/// what the first one does).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// Microseconds since the epoch for the time orders, the lower-cased e-mail for `email`.
+    pub key: String,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn after(user: &User, order: OrderBy) -> Cursor {
+        let key = match order.field {
+            OrderField::CreateTime => user.create_time.timestamp_micros().to_string(),
+            OrderField::UpdateTime => user.update_time.timestamp_micros().to_string(),
+            OrderField::Email => user.fields.email.to_lowercase(),
+        };
+        Cursor {
+            key,
+            id: user.id.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub filter: Filter,
+    pub order: OrderBy,
+    pub show_deleted: bool,
+    pub after: Option<Cursor>,
+    pub limit: i64,
+}
+
+/// Escapes LIKE wildcards so a filter value matches literally, then adds the pattern's own wildcards.
+fn like_pattern(pattern: &TextPattern) -> String {
+    let literal = |s: &str| s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    match pattern {
+        TextPattern::Exact(v) => literal(v),
+        TextPattern::Prefix(v) => format!("{}%", literal(v)),
+        TextPattern::Suffix(v) => format!("%{}", literal(v)),
+        TextPattern::Contains(v) => format!("%{}%", literal(v)),
+    }
+}
+
+/// Keyset condition and order for one sort column: rows strictly after `(key, id)` in the list's order.
+macro_rules! keyset {
+    ($query:ident, $column:expr, $key:expr, $cursor:expr, $desc:expr) => {{
+        if let Some(cursor) = $cursor {
+            let key = $key;
+            let id = cursor.id.clone();
+            $query = if $desc {
+                $query.filter($column.lt(key.clone()).or($column.eq(key).and(users::id.lt(id))))
+            } else {
+                $query.filter($column.gt(key.clone()).or($column.eq(key).and(users::id.gt(id))))
+            };
+        }
+        $query = if $desc {
+            $query.order(($column.desc(), users::id.desc()))
+        } else {
+            $query.order(($column.asc(), users::id.asc()))
+        };
+    }};
+}
+
+fn cursor_time(cursor: &Cursor) -> QueryResult<NaiveDateTime> {
+    cursor
+        .key
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .map(|t| t.naive_utc())
+        .ok_or_else(|| DieselError::QueryBuilderError("page cursor holds no time".into()))
+}
+
+pub fn list(conn: &mut DbConnection, q: &ListQuery) -> QueryResult<Vec<User>> {
+    let mut query = users::table.select(UserRow::as_select()).into_boxed::<MultiBackend>();
+    if !q.show_deleted {
+        query = query.filter(users::delete_time.is_null());
+    }
+    for condition in &q.filter.conditions {
+        query = match condition {
+            Condition::Text {
+                field: TextField::Email,
+                pattern: TextPattern::Exact(v),
+                negated,
+            } => {
+                if *negated {
+                    query.filter(users::email_key.ne(v.clone()))
+                } else {
+                    query.filter(users::email_key.eq(v.clone()))
+                }
+            }
+            Condition::Text {
+                field: TextField::Email,
+                pattern,
+                negated,
+            } => {
+                if *negated {
+                    query.filter(users::email_key.not_like(like_pattern(pattern)).escape('\\'))
+                } else {
+                    query.filter(users::email_key.like(like_pattern(pattern)).escape('\\'))
+                }
+            }
+            Condition::Text {
+                field: TextField::Username,
+                pattern: TextPattern::Exact(v),
+                negated,
+            } => {
+                if *negated {
+                    query.filter(users::username.ne(v.clone()).or(users::username.is_null()))
+                } else {
+                    query.filter(users::username.eq(v.clone()))
+                }
+            }
+            Condition::Text {
+                field: TextField::Username,
+                pattern,
+                negated,
+            } => {
+                if *negated {
+                    query.filter(
+                        users::username
+                            .not_like(like_pattern(pattern))
+                            .escape('\\')
+                            .or(users::username.is_null()),
+                    )
+                } else {
+                    query.filter(users::username.like(like_pattern(pattern)).escape('\\'))
+                }
+            }
+            Condition::UsernamePresent { negated: false } => query.filter(users::username.is_not_null()),
+            Condition::UsernamePresent { negated: true } => query.filter(users::username.is_null()),
+            Condition::State { state, negated } => {
+                let deleted = users::delete_time.is_not_null();
+                let disabled = users::delete_time.is_null().and(users::disabled.eq(true));
+                let active = users::delete_time.is_null().and(users::disabled.eq(false));
+                match (state, negated) {
+                    (State::Deleted, false) => query.filter(deleted),
+                    (State::Deleted, true) => query.filter(users::delete_time.is_null()),
+                    (State::Disabled, false) => query.filter(disabled),
+                    (State::Disabled, true) => query.filter(not(disabled)),
+                    (State::Active, false) => query.filter(active),
+                    (State::Active, true) => query.filter(not(active)),
+                }
+            }
+            Condition::RegionCode { code, negated } => {
+                if *negated {
+                    query.filter(users::region_code.ne(code.clone()))
+                } else {
+                    query.filter(users::region_code.eq(code.clone()))
+                }
+            }
+            Condition::LabelEquals { key, value, negated } => {
+                let has = exists(
+                    user_labels::table
+                        .filter(user_labels::user_id.eq(users::id))
+                        .filter(user_labels::label_key.eq(key.clone()))
+                        .filter(user_labels::label_value.eq(value.clone())),
+                );
+                if *negated {
+                    query.filter(not(has))
+                } else {
+                    query.filter(has)
+                }
+            }
+            Condition::LabelPresent { key, negated } => {
+                let has = exists(
+                    user_labels::table
+                        .filter(user_labels::user_id.eq(users::id))
+                        .filter(user_labels::label_key.eq(key.clone())),
+                );
+                if *negated {
+                    query.filter(not(has))
+                } else {
+                    query.filter(has)
+                }
+            }
+            Condition::HasRole { role, negated } => {
+                let has = exists(
+                    user_roles::table
+                        .filter(user_roles::user_id.eq(users::id))
+                        .filter(user_roles::role.eq(role.clone())),
+                );
+                if *negated {
+                    query.filter(not(has))
+                } else {
+                    query.filter(has)
+                }
+            }
+        };
+    }
+    let cursor = q.after.as_ref();
+    let desc = q.order.descending;
+    match q.order.field {
+        OrderField::CreateTime => {
+            let key = cursor.map(cursor_time).transpose()?;
+            keyset!(query, users::create_time, key.unwrap_or_default(), cursor, desc);
+        }
+        OrderField::UpdateTime => {
+            let key = cursor.map(cursor_time).transpose()?;
+            keyset!(query, users::update_time, key.unwrap_or_default(), cursor, desc);
+        }
+        OrderField::Email => {
+            let key = cursor.map(|c| c.key.clone());
+            keyset!(query, users::email_key, key.unwrap_or_default(), cursor, desc);
+        }
+    }
+    query
+        .limit(q.limit)
+        .load(conn)?
+        .into_iter()
+        .map(|row| row.into_user().map(|(u, _)| u))
+        .collect()
+}

@@ -1,0 +1,198 @@
+//! The test harness: a real server on 127.0.0.1:0 over a fresh database (a temporary SQLite file, or a fresh
+//! PostgreSQL schema when `TEST_DATABASE_URL` is set), and a real tonic client.
+
+use std::net::SocketAddr;
+
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+use user_service::config::ServeConfig;
+use user_service::pb;
+use user_service::pb::user_service_client::UserServiceClient;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: UserServiceClient<Channel>,
+    /// The database the server uses, for tests that open the store beside it.
+    pub database_url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    _dir: Option<tempfile::TempDir>,
+    pg_schema: Option<(String, String)>,
+}
+
+/// The PostgreSQL URL of the test database, or `None` (with a note on stderr) when tests must skip it.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("TEST_DATABASE_URL is not set: skipping the PostgreSQL variant of this test");
+            None
+        }
+    }
+}
+
+impl TestApp {
+    /// Starts a server on a fresh database of `backend`; `None` when PostgreSQL is not configured.
+    pub async fn start(backend: Backend) -> Option<TestApp> {
+        let (database_url, dir, pg_schema) = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("users.db").display());
+                (url, Some(dir), None)
+            }
+            Backend::Postgres => {
+                let base = postgres_url()?;
+                let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = diesel::PgConnection::establish(&base).expect("TEST_DATABASE_URL reachable");
+                conn.batch_execute(&format!("CREATE SCHEMA {schema}"))
+                    .expect("create schema");
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+                (url, None, Some((base, schema)))
+            }
+        };
+        let mut config = ServeConfig::for_database(&database_url);
+        config.database.db_pool_size = 8;
+        let app = user_service::app(&config).await.expect("app starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            user_service::serve(listener, app, &config, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        let client = UserServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("client connects");
+        Some(TestApp {
+            addr,
+            client,
+            database_url,
+            shutdown: Some(tx),
+            _dir: dir,
+            pg_schema,
+        })
+    }
+
+    /// A new client on its own connection.
+    pub async fn new_client(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("client connects")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some((base, schema)) = self.pg_schema.take() {
+            // Best effort: a leftover schema only costs disk in the test database.
+            if let Ok(mut conn) = diesel::PgConnection::establish(&base) {
+                let _ = conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        }
+    }
+}
+
+/// Declares each listed `async fn(TestApp)` as two tests, `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::support::{Backend, TestApp};
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let app = TestApp::start(Backend::Sqlite).await.expect("SQLite is always available");
+                    super::$name(app).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let Some(app) = TestApp::start(Backend::Postgres).await else { return };
+                    super::$name(app).await;
+                }
+            }
+        )*
+    };
+}
+
+/// A user with only the required field.
+pub fn user(email: &str) -> pb::User {
+    pb::User {
+        email: email.to_owned(),
+        ..Default::default()
+    }
+}
+
+pub async fn create(client: &mut UserServiceClient<Channel>, user: pb::User) -> pb::User {
+    client
+        .create_user(pb::CreateUserRequest {
+            user: Some(user),
+            ..Default::default()
+        })
+        .await
+        .expect("create succeeds")
+        .into_inner()
+}
+
+pub fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+    })
+}
+
+pub async fn update(
+    client: &mut UserServiceClient<Channel>,
+    user: pb::User,
+    paths: &[&str],
+) -> Result<pb::User, Status> {
+    client
+        .update_user(pb::UpdateUserRequest {
+            user: Some(user),
+            update_mask: if paths.is_empty() { None } else { mask(paths) },
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The `BadRequest` field paths of an error.
+pub fn violation_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// The `ErrorInfo.reason` of an error.
+pub fn reason(status: &Status) -> String {
+    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
+/// Asserts an error's code and returns it for further checks.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    match result {
+        Ok(v) => panic!("expected {code:?}, got success: {v:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "unexpected status: {status:?}");
+            status
+        }
+    }
+}
