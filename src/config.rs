@@ -73,6 +73,11 @@ pub struct ServeConfig {
     #[arg(long, env = "USER_SERVICE_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Browser origin allowed to call gRPC-Web and REST (CORS), e.g. `https://app.example.com`; repeat the flag
+    /// (or separate with commas in the env var) for several. None by default: no cross-origin access.
+    #[arg(long = "cors-origin", env = "USER_SERVICE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
     /// Most concurrent HTTP/2 streams per connection; bounds what one client can keep in flight.
     #[arg(long, env = "USER_SERVICE_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod server;
 pub mod store;
+pub mod transcode;
 
 pub use server::{App, app, serve};
 

@@ -5,15 +5,21 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
 use axum::routing::get;
+use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
+use tonic_web::GrpcWebLayer;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -22,6 +28,7 @@ use crate::config::ServeConfig;
 use crate::pb;
 use crate::pb::user_service_server::UserServiceServer;
 use crate::store::Store;
+use crate::transcode::Transcoder;
 
 /// How often the database is pinged to keep the health status true.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -97,12 +104,39 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         .add_service(health_service)
         .add_service(reflection)
         .into_axum_router();
-    let probes = Router::new()
+    // REST calls reach the plain gRPC router in-process; only callers from outside go through gRPC-Web.
+    let transcoder = Transcoder::new(pb::FILE_DESCRIPTOR_SET, grpc.clone(), config.max_message_bytes)?;
+    let openapi = Bytes::from(serde_json::to_vec(&crate::transcode::openapi::document(
+        transcoder.bindings(),
+        "user-service",
+        env!("CARGO_PKG_VERSION"),
+    ))?);
+    let grpc_with_web: BoxCloneSyncService<Request, Response, std::convert::Infallible> = BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .map_response(|r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new))
+            .layer(GrpcWebLayer::new())
+            .service(grpc),
+    );
+    let dispatch = Dispatch {
+        grpc: grpc_with_web,
+        rest: transcoder,
+    };
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(store.clone());
-    let router = grpc
-        .merge(probes)
+        .route("/readyz", get(readyz).with_state(store.clone()))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = openapi.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], document) }
+            }),
+        )
+        .fallback(move |request: Request| dispatch.clone().call(request));
+    let router = match cors_layer(&config.cors_origins)? {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    let router = router
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
@@ -111,6 +145,69 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         store,
         tasks: vec![health_task, purge_task],
     })
+}
+
+/// Sends gRPC and gRPC-Web requests (by content type) to the tonic services and everything else to REST.
+#[derive(Clone)]
+struct Dispatch {
+    grpc: BoxCloneSyncService<Request, Response, std::convert::Infallible>,
+    rest: Transcoder,
+}
+
+impl Dispatch {
+    async fn call(self, request: Request) -> Response {
+        let is_grpc = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        if is_grpc {
+            match self.grpc.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        } else {
+            self.rest.handle(request).await
+        }
+    }
+}
+
+/// CORS for browsers: the configured origins may call gRPC-Web and REST, send the headers those protocols need
+/// and read the gRPC status trailers-in-headers. No origins configured means no cross-origin access.
+fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let origins = origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o).map_err(|_| anyhow::anyhow!("--cors-origin {o:?} is not a valid origin")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let header_names = |names: &[&'static str]| names.iter().map(|n| HeaderName::from_static(n)).collect::<Vec<_>>();
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers(header_names(&[
+                "content-type",
+                "authorization",
+                "x-grpc-web",
+                "x-user-agent",
+                "grpc-timeout",
+                "if-match",
+                "x-request-id",
+            ]))
+            .expose_headers(header_names(&[
+                "grpc-status",
+                "grpc-message",
+                "grpc-status-details-bin",
+                "etag",
+                "x-request-id",
+                "retry-after",
+                "ratelimit-limit",
+                "ratelimit-remaining",
+            ]))
+            .max_age(Duration::from_secs(600)),
+    ))
 }
 
 async fn readyz(State(store): State<Store>) -> (StatusCode, &'static str) {

@@ -3,7 +3,10 @@
 mod support;
 
 mod concurrency;
+mod http;
 mod masks;
+mod parity;
 mod process;
+mod rest;
 mod rpcs;
 mod validation;

@@ -43,6 +43,11 @@ pub fn postgres_url() -> Option<String> {
 impl TestApp {
     /// Starts a server on a fresh database of `backend`; `None` when PostgreSQL is not configured.
     pub async fn start(backend: Backend) -> Option<TestApp> {
+        TestApp::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a server whose configuration `configure` may change first.
+    pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut ServeConfig)) -> Option<TestApp> {
         let (database_url, dir, pg_schema) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -62,6 +67,7 @@ impl TestApp {
         };
         let mut config = ServeConfig::for_database(&database_url);
         config.database.db_pool_size = 8;
+        configure(&mut config);
         let app = user_service::app(&config).await.expect("app starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");

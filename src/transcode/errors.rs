@@ -1,0 +1,151 @@
+//! REST error bodies: `{"error": {code, message, status, details}}` with the HTTP status of the standard gRPC
+//! mapping and the rich details of `grpc-status-details-bin` as JSON.
+
+use axum::body::Body;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use serde_json::{Value, json};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// The HTTP status of a gRPC code (google.rpc.Code mapping).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The canonical name of a code (`INVALID_ARGUMENT`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The status of a gRPC response: in the trailers, or in the headers of a trailers-only response.
+pub fn status_from_parts(headers: &HeaderMap, trailers: &HeaderMap) -> Option<Status> {
+    Status::from_header_map(trailers).or_else(|| Status::from_header_map(headers))
+}
+
+/// A JSON error response.
+pub fn error_response(status: StatusCode, code_name: &str, message: &str, details: Vec<Value>) -> Response<Body> {
+    let body = json!({
+        "error": {
+            "code": status.as_u16(),
+            "message": message,
+            "status": code_name,
+            "details": details,
+        }
+    });
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The rich details of a status as proto3 JSON objects with their `@type`.
+pub fn details_json(status: &Status) -> Vec<Value> {
+    status
+        .get_error_details_vec()
+        .into_iter()
+        .filter_map(|detail| {
+            use tonic_types::ErrorDetail as D;
+            Some(match detail {
+                D::ErrorInfo(i) => json!({
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": i.reason, "domain": i.domain, "metadata": i.metadata,
+                }),
+                D::BadRequest(b) => json!({
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": b.field_violations.iter()
+                        .map(|v| json!({"field": v.field, "description": v.description}))
+                        .collect::<Vec<_>>(),
+                }),
+                D::PreconditionFailure(p) => json!({
+                    "@type": "type.googleapis.com/google.rpc.PreconditionFailure",
+                    "violations": p.violations.iter()
+                        .map(|v| json!({"type": v.r#type, "subject": v.subject, "description": v.description}))
+                        .collect::<Vec<_>>(),
+                }),
+                D::RetryInfo(r) => json!({
+                    "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                    "retryDelay": r.retry_delay.map(|d| format!("{}s", d.as_secs_f64())),
+                }),
+                D::QuotaFailure(q) => json!({
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": q.violations.iter()
+                        .map(|v| json!({"subject": v.subject, "description": v.description}))
+                        .collect::<Vec<_>>(),
+                }),
+                D::ResourceInfo(r) => json!({
+                    "@type": "type.googleapis.com/google.rpc.ResourceInfo",
+                    "resourceType": r.resource_type, "resourceName": r.resource_name,
+                    "owner": r.owner, "description": r.description,
+                }),
+                D::RequestInfo(r) => json!({
+                    "@type": "type.googleapis.com/google.rpc.RequestInfo",
+                    "requestId": r.request_id, "servingData": r.serving_data,
+                }),
+                D::Help(h) => json!({
+                    "@type": "type.googleapis.com/google.rpc.Help",
+                    "links": h.links.iter().map(|l| json!({"description": l.description, "url": l.url})).collect::<Vec<_>>(),
+                }),
+                D::LocalizedMessage(m) => json!({
+                    "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                    "locale": m.locale, "message": m.message,
+                }),
+                // Debug info carries internals; it never leaves the server. Newer detail kinds are dropped
+                // rather than guessed at.
+                _ => return None,
+            })
+        })
+        .collect()
+}
+
+/// The REST response of a failed gRPC call. UNAUTHENTICATED adds `WWW-Authenticate: Bearer` (RFC 6750), and a
+/// retry delay becomes `Retry-After`.
+pub fn status_response(status: &Status) -> Response<Body> {
+    let http = http_status(status.code());
+    let details = details_json(status);
+    let mut response = error_response(http, code_name(status.code()), status.message(), details);
+    if status.code() == Code::Unauthenticated {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(retry) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
+        let seconds = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response
+}

@@ -1,0 +1,295 @@
+//! REST/JSON transcoding, generic over any tonic service with `google.api.http` annotations: routes HTTP
+//! requests by the rules in the descriptor set, turns them into gRPC calls made in-process on the same
+//! service, and turns the answers (and errors, with their rich details) back into JSON.
+
+pub mod errors;
+pub mod json;
+pub mod openapi;
+
+pub mod path_template;
+pub mod rule;
+
+use std::sync::Arc;
+
+use axum::body::Body as AxumBody;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+use tower::ServiceExt;
+
+use errors::{error_response, status_from_parts};
+use json::{BadRequest, RestInput};
+use rule::HttpBinding;
+
+/// Request headers passed on to the gRPC call as metadata, so authentication and tracing see REST calls
+/// exactly as they see gRPC ones.
+const FORWARDED_HEADERS: [&str; 3] = ["authorization", "x-request-id", "grpc-timeout"];
+
+/// Serves REST for the RPCs of a descriptor pool by calling `grpc` in-process.
+#[derive(Clone)]
+pub struct Transcoder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bindings: Vec<HttpBinding>,
+    grpc: axum::Router,
+    max_body_bytes: usize,
+}
+
+impl Transcoder {
+    /// Reads the http rules of `descriptor_set`; fails on a rule that cannot be served.
+    pub fn new(descriptor_set: &[u8], grpc: axum::Router, max_body_bytes: usize) -> anyhow::Result<Transcoder> {
+        let pool = DescriptorPool::decode(descriptor_set)?;
+        let bindings = rule::bindings(&pool).map_err(|e| anyhow::anyhow!("http rules: {e}"))?;
+        Ok(Transcoder {
+            inner: Arc::new(Inner {
+                bindings,
+                grpc,
+                max_body_bytes,
+            }),
+        })
+    }
+
+    pub fn bindings(&self) -> &[HttpBinding] {
+        &self.inner.bindings
+    }
+
+    /// Handles one REST request; every outcome, errors included, is a complete response.
+    pub async fn handle(&self, request: Request<AxumBody>) -> Response<AxumBody> {
+        match self.route(request).await {
+            Ok(response) => response,
+            Err(response) => response,
+        }
+    }
+
+    async fn route(&self, request: Request<AxumBody>) -> Result<Response<AxumBody>, Response<AxumBody>> {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path();
+        let mut allowed: Vec<Method> = Vec::new();
+        let mut chosen = None;
+        for binding in &self.inner.bindings {
+            if let Some(bindings) = binding.template.matches(path) {
+                if binding.http_method == parts.method {
+                    chosen = Some((binding, bindings));
+                    break;
+                }
+                if !allowed.contains(&binding.http_method) {
+                    allowed.push(binding.http_method.clone());
+                }
+            }
+        }
+        let Some((binding, path_bindings)) = chosen else {
+            if allowed.is_empty() {
+                return Err(error_response(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    &format!("no route for {} {path}", parts.method),
+                    Vec::new(),
+                ));
+            }
+            let mut response = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UNIMPLEMENTED",
+                &format!("{path} does not accept {}", parts.method),
+                Vec::new(),
+            );
+            let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            if let Ok(value) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+            return Err(response);
+        };
+
+        let body = self.read_json_body(&parts.headers, body).await?;
+        let if_match = parts
+            .headers
+            .get(header::IF_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().trim_start_matches("W/").trim_matches('"').to_owned())
+            .filter(|v| !v.is_empty() && v != "*");
+        let message = json::request_message(
+            binding,
+            RestInput {
+                path_bindings,
+                query: parts.uri.query(),
+                body,
+                if_match,
+                http_method: &parts.method,
+            },
+        )
+        .map_err(|BadRequest(message)| invalid_argument(&message))?;
+        self.call(binding, &parts, message).await
+    }
+
+    /// Reads and parses the body; absent or empty bodies are `None`.
+    async fn read_json_body(
+        &self,
+        headers: &HeaderMap,
+        body: AxumBody,
+    ) -> Result<Option<serde_json::Value>, Response<AxumBody>> {
+        let bytes = read_limited(body, self.inner.max_body_bytes)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "INVALID_ARGUMENT",
+                    &format!("the request body is larger than {} bytes", self.inner.max_body_bytes),
+                    Vec::new(),
+                ),
+                BodyError::Unreadable(e) => invalid_argument(&format!("the request body could not be read: {e}")),
+            })?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if !media_type.eq_ignore_ascii_case("application/json") {
+            return Err(error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "INVALID_ARGUMENT",
+                "the request body must be JSON (Content-Type: application/json)",
+                Vec::new(),
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| invalid_argument(&format!("the request body is not valid JSON: {e}")))
+    }
+
+    /// Calls the gRPC method in-process and converts its answer.
+    async fn call(
+        &self,
+        binding: &HttpBinding,
+        parts: &http::request::Parts,
+        message: DynamicMessage,
+    ) -> Result<Response<AxumBody>, Response<AxumBody>> {
+        let encoded = message.encode_to_vec();
+        let mut frame = BytesMut::with_capacity(encoded.len() + 5);
+        frame.put_u8(0);
+        frame.put_u32(u32::try_from(encoded.len()).map_err(|_| invalid_argument("the request is too large"))?);
+        frame.put_slice(&encoded);
+
+        let mut grpc_request = Request::builder()
+            .method(Method::POST)
+            .uri(binding.grpc_path())
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header(header::TE, "trailers")
+            .body(AxumBody::from(frame.freeze()))
+            .map_err(|e| internal(&format!("building the gRPC request: {e}")))?;
+        for name in FORWARDED_HEADERS {
+            if let Some(value) = parts.headers.get(name) {
+                grpc_request.headers_mut().insert(name, value.clone());
+            }
+        }
+        // Whatever the middleware put in the extensions (the authenticated caller) travels with the call.
+        *grpc_request.extensions_mut() = parts.extensions.clone();
+
+        let response = self
+            .inner
+            .grpc
+            .clone()
+            .oneshot(grpc_request)
+            .await
+            .map_err(|e| internal(&format!("in-process gRPC call failed: {e}")))?;
+        let (response_parts, body) = response.into_parts();
+        let collected = body
+            .collect()
+            .await
+            .map_err(|e| internal(&format!("reading the gRPC response: {e}")))?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let data = collected.to_bytes();
+
+        if let Some(status) = status_from_parts(&response_parts.headers, &trailers) {
+            if status.code() != tonic::Code::Ok {
+                let mut response = errors::status_response(&status);
+                copy_passthrough_headers(&response_parts.headers, response.headers_mut());
+                return Err(response);
+            }
+        }
+        let output = decode_frame(data, binding).map_err(|e| internal(&e))?;
+        let json = json::response_json(binding, &output).map_err(|e| internal(&e))?;
+        let mut response = Response::new(AxumBody::from(json));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(etag) = json::response_etag(&output) {
+            if let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+                response.headers_mut().insert(header::ETAG, value);
+            }
+        }
+        copy_passthrough_headers(&response_parts.headers, response.headers_mut());
+        Ok(response)
+    }
+}
+
+enum BodyError {
+    TooLarge,
+    Unreadable(String),
+}
+
+/// Reads a body of at most `limit` bytes. Past the limit the rest is read and dropped, up to a bound, so that an
+/// HTTP/1.1 client still sending gets the 413 instead of a reset connection; beyond the bound the connection
+/// is given up.
+async fn read_limited(mut body: AxumBody, limit: usize) -> Result<Bytes, BodyError> {
+    let drain_bound = limit.saturating_mul(4);
+    let mut buffer = BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            buffer.extend_from_slice(&data);
+        } else if seen > drain_bound {
+            break;
+        }
+    }
+    if seen > limit {
+        Err(BodyError::TooLarge)
+    } else {
+        Ok(buffer.freeze())
+    }
+}
+
+/// Decodes the single length-prefixed message of a unary gRPC response.
+fn decode_frame(mut data: Bytes, binding: &HttpBinding) -> Result<DynamicMessage, String> {
+    if data.len() < 5 {
+        return Err("gRPC response without a message".into());
+    }
+    let compressed = data.get_u8();
+    let len = data.get_u32() as usize;
+    if compressed != 0 || data.len() < len {
+        return Err("gRPC response frame is malformed".into());
+    }
+    DynamicMessage::decode(binding.rpc.output(), data.slice(..len)).map_err(|e| format!("decoding the response: {e}"))
+}
+
+/// Response headers worth passing to REST clients (rate limits, retry hints); gRPC framing headers are not.
+fn copy_passthrough_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        let n = name.as_str();
+        if n.starts_with("ratelimit") || n == "retry-after" || n == "www-authenticate" {
+            to.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+fn invalid_argument(message: &str) -> Response<AxumBody> {
+    error_response(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message, Vec::new())
+}
+
+fn internal(detail: &str) -> Response<AxumBody> {
+    tracing::error!(error = detail, "REST transcoding failed");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL",
+        "internal error",
+        Vec::new(),
+    )
+}

@@ -1,0 +1,168 @@
+//! Plain HTTP clients for the REST and gRPC-Web tests: HTTP/1.1 and HTTP/2 (prior knowledge), with gRPC-Web
+//! framed by hand as a browser library would.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// An HTTP response with its body read.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    base: String,
+    h1: Client<HttpConnector, Full<Bytes>>,
+    h2: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl HttpClient {
+    pub fn new(addr: std::net::SocketAddr) -> HttpClient {
+        HttpClient {
+            base: format!("http://{addr}"),
+            h1: Client::builder(TokioExecutor::new()).build_http(),
+            h2: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
+        }
+    }
+
+    /// Sends a request over HTTP/1.1 (or HTTP/2 with `http2`).
+    pub async fn send(
+        &self,
+        http2: bool,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> HttpResponse {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path_and_query}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body.into())).expect("request");
+        let client = if http2 { &self.h2 } else { &self.h1 };
+        let response = client.request(request).await.expect("HTTP exchange");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        HttpResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// A REST call with an optional JSON body.
+    pub async fn rest(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> HttpResponse {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.send(false, method, path, &all, body).await
+    }
+
+    /// A unary gRPC-Web call: returns the response message bytes (if any) and the trailers.
+    pub async fn grpc_web(
+        &self,
+        http2: bool,
+        text: bool,
+        path: &str,
+        message: &[u8],
+        headers: &[(&str, &str)],
+    ) -> (Option<Bytes>, HeaderMap) {
+        let mut frame = BytesMut::new();
+        frame.put_u8(0);
+        frame.put_u32(u32::try_from(message.len()).expect("small message"));
+        frame.put_slice(message);
+        let (content_type, body) = if text {
+            ("application/grpc-web-text", Bytes::from(STANDARD.encode(&frame)))
+        } else {
+            ("application/grpc-web+proto", frame.freeze())
+        };
+        let mut all = vec![
+            ("content-type", content_type),
+            ("x-grpc-web", "1"),
+            ("accept", content_type),
+        ];
+        all.extend_from_slice(headers);
+        let response = self.send(http2, Method::POST, path, &all, body).await;
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "gRPC-Web answers 200 and carries the status in trailers"
+        );
+        let mut body = if text {
+            decode_text_chunks(&response.body)
+        } else {
+            response.body.clone()
+        };
+        let mut message_out = None;
+        let mut trailers = HeaderMap::new();
+        // A trailers-only answer carries the status in the headers.
+        for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+            if let Some(v) = response.headers.get(name) {
+                trailers.insert(name, v.clone());
+            }
+        }
+        while body.remaining() >= 5 {
+            let flag = body.get_u8();
+            let len = body.get_u32() as usize;
+            let payload = body.split_to(len);
+            if flag & 0x80 == 0 {
+                message_out = Some(payload);
+            } else {
+                for line in String::from_utf8_lossy(&payload)
+                    .split("\r\n")
+                    .filter(|l| !l.is_empty())
+                {
+                    if let Some((name, value)) = line.split_once(':') {
+                        trailers.insert(
+                            HeaderName::from_bytes(name.trim().as_bytes()).expect("trailer name"),
+                            HeaderValue::from_str(value.trim()).expect("trailer value"),
+                        );
+                    }
+                }
+            }
+        }
+        (message_out, trailers)
+    }
+}
+
+/// A grpc-web-text body is a series of separately base64-encoded frames, each padded on its own.
+fn decode_text_chunks(text: &[u8]) -> Bytes {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let end = match rest.iter().position(|b| *b == b'=') {
+            Some(first_pad) => {
+                let pads = rest[first_pad..].iter().take_while(|b| **b == b'=').count();
+                first_pad + pads
+            }
+            None => rest.len(),
+        };
+        out.extend(STANDARD.decode(&rest[..end]).expect("base64 chunk"));
+        rest = &rest[end..];
+    }
+    Bytes::from(out)
+}
