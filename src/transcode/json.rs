@@ -6,16 +6,11 @@ use prost_reflect::{
 };
 use serde_json::{Map, Value};
 
-use super::rule::{Body, HttpBinding};
+use super::rule::{Body, HttpBinding, INPUT_ONLY, field_behaviors, is_well_known};
 
 /// A client mistake in the REST request, reported as INVALID_ARGUMENT with this text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRequest(pub String);
-
-/// Well-known types have their own JSON forms and are leaves for query parameters and mask inference.
-fn is_well_known(message: &MessageDescriptor) -> bool {
-    message.full_name().starts_with("google.protobuf.")
-}
 
 /// Finds a field by its proto name or its JSON name.
 fn field_named(message: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
@@ -450,7 +445,28 @@ pub fn message_json(message: &DynamicMessage) -> Result<Value, String> {
     for mask in masks {
         put_json_mask(&mut value, &mask.location, &mask.paths);
     }
+    strip_input_only(&mut value, &message.descriptor());
     Ok(value)
+}
+
+/// Input-only fields (a password) are never part of an answer, not even empty.
+fn strip_input_only(value: &mut Value, message: &MessageDescriptor) {
+    let Value::Object(object) = value else { return };
+    for field in message.fields() {
+        if field_behaviors(&field).contains(&INPUT_ONLY) {
+            object.remove(field.json_name());
+            continue;
+        }
+        let Kind::Message(child) = field.kind() else { continue };
+        if field.is_map() || is_well_known(&child) {
+            continue;
+        }
+        match object.get_mut(field.json_name()) {
+            Some(Value::Array(items)) => items.iter_mut().for_each(|item| strip_input_only(item, &child)),
+            Some(item) => strip_input_only(item, &child),
+            None => {}
+        }
+    }
 }
 
 /// Serializes a response message (or its `response_body` field) for the REST body.

@@ -7,16 +7,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use http::Method;
-use prost_reflect::{EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor, Value as ProtoValue};
+use prost_reflect::{EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
-use super::path_template::Segment;
-use super::rule::{Body, HttpBinding, field_by_path};
+use super::path_template::{PathTemplate, Segment};
+use super::rule::{Body, HttpBinding, INPUT_ONLY, OUTPUT_ONLY, field_behaviors, field_by_path, is_well_known};
 
 /// `google.api.FieldBehavior` numbers (google/api/field_behavior.proto).
 const REQUIRED: i32 = 2;
-const OUTPUT_ONLY: i32 = 3;
-const INPUT_ONLY: i32 = 4;
 const IMMUTABLE: i32 = 5;
 
 const SCHEMAS: &str = "#/components/schemas/";
@@ -44,7 +42,7 @@ pub fn document(bindings: &[HttpBinding], title: &str, version: &str) -> Value {
         let operation = schemas.operation(binding, operation_id);
         // Two rules on the same method and path would conflict; the router takes the first, and so does this.
         paths
-            .entry(binding.template.to_string())
+            .entry(openapi_path(&binding.template))
             .or_default()
             .entry(method)
             .or_insert(operation);
@@ -331,7 +329,40 @@ impl Schemas {
     }
 }
 
-/// One required parameter per template variable, named like the variable (`user.id`).
+/// The OpenAPI name of a path variable: its last field name (`user.id` → `id`), so that templates that differ
+/// only in which field they bind (`/v1/users/{id}`, `/v1/users/{user.id}`) are one OpenAPI path, as OpenAPI
+/// requires; the full path when two variables of a template would share a name.
+fn parameter_name(template: &PathTemplate, field_path: &[String]) -> String {
+    let last = |p: &[String]| p.last().cloned().unwrap_or_default();
+    let name = last(field_path);
+    let clashes = template.variables().iter().filter(|v| last(v) == name).count() > 1;
+    if clashes { field_path.join(".") } else { name }
+}
+
+/// The template as an OpenAPI path, with variables named by [`parameter_name`].
+fn openapi_path(template: &PathTemplate) -> String {
+    let mut out = String::new();
+    for segment in &template.segments {
+        out.push('/');
+        match segment {
+            Segment::Literal(l) => out.push_str(l),
+            Segment::Single => out.push('*'),
+            Segment::Multi => out.push_str("**"),
+            Segment::Variable { field_path, .. } => {
+                out.push('{');
+                out.push_str(&parameter_name(template, field_path));
+                out.push('}');
+            }
+        }
+    }
+    if let Some(verb) = &template.verb {
+        out.push(':');
+        out.push_str(verb);
+    }
+    out
+}
+
+/// One required parameter per template variable, named by [`parameter_name`].
 fn path_parameters(binding: &HttpBinding) -> Vec<Value> {
     let input = binding.rpc.input();
     binding
@@ -358,7 +389,7 @@ fn path_parameters(binding: &HttpBinding) -> Vec<Value> {
                 });
             }
             let mut parameter = json!({
-                "name": field_path.join("."),
+                "name": parameter_name(&binding.template, field_path),
                 "in": "path",
                 "required": true,
                 "schema": schema,
@@ -487,11 +518,6 @@ fn well_known_schema(message: &MessageDescriptor) -> Option<Value> {
     })
 }
 
-/// Like the transcoder, every `google.protobuf` message is a leaf: set whole, never field by field.
-fn is_well_known(message: &MessageDescriptor) -> bool {
-    message.full_name().starts_with("google.protobuf.")
-}
-
 /// The schema of a value given as one path segment or query string value; `None` when there is no such form.
 fn leaf_schema(kind: &Kind) -> Option<Value> {
     match kind {
@@ -523,21 +549,6 @@ fn if_match_parameter(binding: &HttpBinding) -> Option<Value> {
             "schema": {"type": "string"},
         })
     })
-}
-
-/// The `google.api.field_behavior` values of a field.
-fn field_behaviors(field: &FieldDescriptor) -> Vec<i32> {
-    let Some(extension) = field.parent_pool().get_extension_by_name("google.api.field_behavior") else {
-        return Vec::new();
-    };
-    let options = field.options();
-    if !options.has_extension(&extension) {
-        return Vec::new();
-    }
-    match options.get_extension(&extension).as_ref() {
-        ProtoValue::List(values) => values.iter().filter_map(ProtoValue::as_enum_number).collect(),
-        _ => Vec::new(),
-    }
 }
 
 /// The field's comment, with REQUIRED and IMMUTABLE spelled out (there are no `required` arrays: one message
@@ -744,7 +755,7 @@ mod tests {
         assert!(bindings.len() >= 12, "11 RPCs, UpdateUser twice");
         for binding in &bindings {
             let method = binding.http_method.as_str().to_ascii_lowercase();
-            let operation = operation(&doc, &binding.template.to_string(), &method);
+            let operation = operation(&doc, &openapi_path(&binding.template), &method);
             let id = operation["operationId"].as_str().expect("operationId");
             assert!(id.starts_with(binding.rpc.name()), "{id} for {}", binding.rpc.name());
             assert_eq!(operation["tags"], json!(["UserService"]));
@@ -755,11 +766,11 @@ mod tests {
             );
         }
         assert_eq!(
-            operation(&doc, "/v1/users/{user.id}", "patch")["operationId"],
+            operation(&doc, "/v1/users/{id}", "patch")["operationId"],
             "UpdateUser_patch"
         );
         assert_eq!(
-            operation(&doc, "/v1/users/{user.id}", "put")["operationId"],
+            operation(&doc, "/v1/users/{id}", "put")["operationId"],
             "UpdateUser_put"
         );
         assert_eq!(operation(&doc, "/v1/users/{id}", "get")["operationId"], "GetUser");
@@ -831,8 +842,8 @@ mod tests {
     fn update_user_has_path_query_and_body() {
         let (_, doc) = generated();
         for method in ["patch", "put"] {
-            let update = operation(&doc, "/v1/users/{user.id}", method);
-            let id = parameter(update, "user.id", "path").expect("user.id path parameter");
+            let update = operation(&doc, "/v1/users/{id}", method);
+            let id = parameter(update, "id", "path").expect("id path parameter binding user.id");
             assert_eq!(id["required"], true);
             assert_eq!(id["schema"], json!({"type": "string"}));
             let mask = parameter(update, "updateMask", "query").expect("updateMask");

@@ -51,6 +51,31 @@ pub fn field_by_path(message: &MessageDescriptor, path: &[String]) -> Option<Fie
     current.get_field_by_name(last)
 }
 
+/// Every `google.protobuf` message has its own JSON form and is a leaf for the transcoder: set whole, never
+/// field by field.
+pub fn is_well_known(message: &MessageDescriptor) -> bool {
+    message.full_name().starts_with("google.protobuf.")
+}
+
+/// `google.api.FieldBehavior` numbers the transcoder acts on.
+pub const OUTPUT_ONLY: i32 = 3;
+pub const INPUT_ONLY: i32 = 4;
+
+/// The `google.api.field_behavior` values of a field.
+pub fn field_behaviors(field: &FieldDescriptor) -> Vec<i32> {
+    let Some(extension) = field.parent_pool().get_extension_by_name("google.api.field_behavior") else {
+        return Vec::new();
+    };
+    let options = field.options();
+    if !options.has_extension(&extension) {
+        return Vec::new();
+    }
+    match options.get_extension(&extension).as_ref() {
+        Value::List(values) => values.iter().filter_map(Value::as_enum_number).collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn string_field(rule: &DynamicMessage, name: &str) -> Option<String> {
     match rule.get_field_by_name(name).as_deref() {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),

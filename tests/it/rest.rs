@@ -354,7 +354,7 @@ async fn probes_and_openapi_are_served() {
     assert_eq!(doc.status, StatusCode::OK);
     let doc = doc.json();
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
-    assert!(doc["paths"]["/v1/users/{user.id}"]["patch"].is_object());
+    assert!(doc["paths"]["/v1/users/{id}"]["patch"].is_object());
     assert!(doc["paths"]["/v1/users:batchUpdate"]["post"].is_object());
 }
 
