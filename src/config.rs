@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::AuthConfig;
 use crate::store::{SqliteSync, StoreOptions};
 
 #[derive(Debug, Parser)]
@@ -25,6 +26,26 @@ pub enum Command {
     Serve(ServeConfig),
     /// Run pending database migrations and exit.
     Migrate(DatabaseConfig),
+    /// Print a signed HS256 token (for development and tests), using the same secret as `serve`.
+    Token(TokenConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenConfig {
+    /// The token's subject: a user id for self-service, any name for a service account.
+    #[arg(long)]
+    pub sub: String,
+
+    /// Scopes, space-separated or repeated: `users.admin`, `users.read`. None means self-service only.
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+
+    /// How long the token is valid, e.g. `15m`, `1h`.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -69,6 +90,21 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub database: DatabaseConfig,
 
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    /// Requests per second each caller (token `sub`, or address when unauthenticated) may make on average.
+    #[arg(long, env = "USER_SERVICE_RATE_LIMIT", default_value_t = 200.0)]
+    pub rate_limit: f64,
+
+    /// Requests a caller may make in a burst above the average rate.
+    #[arg(long, env = "USER_SERVICE_RATE_BURST", default_value_t = 400)]
+    pub rate_burst: u32,
+
+    /// How long a call may run before it is answered with DEADLINE_EXCEEDED (REST 504).
+    #[arg(long, env = "USER_SERVICE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Largest gRPC message accepted or sent, in bytes. 4 MiB holds a full batch of 1000 typical updates.
     #[arg(long, env = "USER_SERVICE_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -101,7 +137,7 @@ impl ServeConfig {
         let cli = Cli::parse_from(["user-service", "serve", "--database-url", database_url]);
         match cli.command {
             Command::Serve(config) => config,
-            Command::Migrate(_) => unreachable!("parsed a serve command"),
+            Command::Migrate(_) | Command::Token(_) => unreachable!("parsed a serve command"),
         }
     }
 }

@@ -2,8 +2,11 @@
 //! `app` builds the whole service as one router; `serve` runs it on a listener until shutdown.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod gate;
+pub mod limits;
 pub mod server;
 pub mod store;
 pub mod transcode;

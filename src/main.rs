@@ -17,6 +17,16 @@ async fn main() -> anyhow::Result<()> {
             let applied = tokio::task::spawn_blocking(move || Store::migrate(&options)).await??;
             tracing::info!(applied, "migrations done");
         }
+        Command::Token(config) => {
+            let signer = user_service::auth::signer_for_cli(&config.auth)?;
+            let scopes: Vec<String> = config
+                .scopes
+                .iter()
+                .flat_map(|s| s.split_whitespace())
+                .map(str::to_owned)
+                .collect();
+            println!("{}", signer.sign(&config.sub, &scopes, config.ttl)?);
+        }
         Command::Serve(config) => {
             let app = user_service::app(&config).await?;
             let listener = tokio::net::TcpListener::bind(config.listen).await?;

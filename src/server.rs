@@ -23,8 +23,13 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use std::sync::Arc;
+
 use crate::api::UserServiceImpl;
+use crate::auth::Verifier;
 use crate::config::ServeConfig;
+use crate::gate::{Gate, PeerAddr};
+use crate::limits::RateLimiter;
 use crate::pb;
 use crate::pb::user_service_server::UserServiceServer;
 use crate::store::Store;
@@ -112,15 +117,40 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         "user-service",
         env!("CARGO_PKG_VERSION"),
     ))?);
+    let (verifier, _, generated) = Verifier::from_config(&config.auth)?;
+    if generated {
+        tracing::info!(
+            "generated a JWT secret in {}; mint an admin token with: user-service token --sub admin --scope users.admin",
+            config.auth.data_dir.join(crate::auth::SECRET_FILE).display()
+        );
+    }
+    let gate = Arc::new(Gate {
+        verifier,
+        limiter: RateLimiter::new(config.rate_limit, config.rate_burst),
+        request_timeout: config.request_timeout,
+    });
+    // The gate sits inside the gRPC-Web translation (so its refusals reach browsers as gRPC-Web) and in front
+    // of REST: one check for every protocol. REST then calls the gRPC router directly, with the caller.
     let grpc_with_web: BoxCloneSyncService<Request, Response, std::convert::Infallible> = BoxCloneSyncService::new(
         ServiceBuilder::new()
             .map_response(|r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new))
             .layer(GrpcWebLayer::new())
+            .map_request(|r: http::Request<tonic::body::Body>| r.map(axum::body::Body::new))
+            .layer(axum::middleware::from_fn_with_state(gate.clone(), crate::gate::gate))
             .service(grpc),
+    );
+    let rest_service = tower::service_fn(move |request: Request| {
+        let transcoder = transcoder.clone();
+        async move { Ok::<_, std::convert::Infallible>(transcoder.handle(request).await) }
+    });
+    let rest: BoxCloneSyncService<Request, Response, std::convert::Infallible> = BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(axum::middleware::from_fn_with_state(gate, crate::gate::gate))
+            .service(rest_service),
     );
     let dispatch = Dispatch {
         grpc: grpc_with_web,
-        rest: transcoder,
+        rest,
     };
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -138,7 +168,17 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         None => router,
     };
     let router = router
-        .layer(TraceLayer::new_for_http())
+        // The span names the path but never the query string, which can carry a current password.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &http::Request<axum::body::Body>| {
+                let request_id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+            }),
+        )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
     Ok(App {
@@ -152,7 +192,7 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
 #[derive(Clone)]
 struct Dispatch {
     grpc: BoxCloneSyncService<Request, Response, std::convert::Infallible>,
-    rest: Transcoder,
+    rest: BoxCloneSyncService<Request, Response, std::convert::Infallible>,
 }
 
 impl Dispatch {
@@ -162,13 +202,10 @@ impl Dispatch {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        if is_grpc {
-            match self.grpc.oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            }
-        } else {
-            self.rest.handle(request).await
+        let service = if is_grpc { self.grpc } else { self.rest };
+        match service.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
         }
     }
 }
@@ -257,7 +294,12 @@ pub async fn serve(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "set_nodelay failed");
                 }
-                let service = TowerToHyperService::new(router.clone());
+                let service = TowerToHyperService::new(router.clone().map_request(
+                    move |mut request: http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(PeerAddr(peer));
+                        request
+                    },
+                ));
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection.into_owned());
                 tokio::spawn(async move {

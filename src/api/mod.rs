@@ -13,7 +13,10 @@ use crate::domain::caller::Caller;
 use crate::domain::change::{self, Outcome, PasswordInput, Patch};
 use crate::domain::error::{Conflict, Error, FieldViolation};
 use crate::domain::field_mask::UpdateMask;
+use crate::domain::permission::{self, Rpc};
+use crate::domain::user::{User, UserFields};
 use crate::domain::{filter, password, validate};
+use crate::limits::RateLimiter;
 use crate::pb;
 use crate::pb::user_service_server::UserService;
 use crate::store::{Cursor, ListQuery, Mutation, OrderBy, OrderField, Store};
@@ -30,11 +33,16 @@ pub const MAX_BATCH_SIZE: usize = 1000;
 #[derive(Clone)]
 pub struct UserServiceImpl {
     store: Store,
+    /// Wrong current passwords per caller.
+    password_attempts: std::sync::Arc<RateLimiter>,
 }
 
 impl UserServiceImpl {
     pub fn new(store: Store) -> Self {
-        UserServiceImpl { store }
+        UserServiceImpl {
+            store,
+            password_attempts: std::sync::Arc::new(RateLimiter::new(PASSWORD_ATTEMPTS_PER_SECOND, PASSWORD_ATTEMPTS)),
+        }
     }
 }
 
@@ -139,55 +147,149 @@ fn parse_order_by(raw: &str) -> Result<OrderBy, Error> {
     Ok(OrderBy { field, descending })
 }
 
-/// An update request turned into a decision function for the store. `prefix` is the request's path in a
-/// batch (`requests[2]`) or empty.
-async fn prepare_update(req: pb::UpdateUserRequest, prefix: &str) -> Result<(Uuid, crate::store::Decide), Error> {
-    let path = |field: &str| {
-        if prefix.is_empty() {
-            field.to_owned()
-        } else {
-            format!("{prefix}.{field}")
+/// Most wrong current passwords a caller may send in a burst before password changes are refused for a while,
+/// and how fast that allowance comes back.
+const PASSWORD_ATTEMPTS: u32 = 5;
+const PASSWORD_ATTEMPTS_PER_SECOND: f64 = 1.0 / 60.0;
+
+impl UserServiceImpl {
+    /// Checks a self-service password change: the current password must be sent and right. Returns the
+    /// revision the check saw, so the write can refuse a user that changed in between.
+    async fn check_current_password(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        current: &str,
+        prefix: &str,
+    ) -> Result<Option<i64>, Error> {
+        if !prefix.is_empty() {
+            return Err(Error::PermissionDenied {
+                reason: "PASSWORD_CHANGE_IN_BATCH",
+                message: format!("{prefix}: change your own password with UpdateUser and current_password"),
+                fields: vec![format!("{prefix}.user.password")],
+            });
         }
-    };
-    let Some(user) = req.user else {
-        return Err(Error::invalid_field(path("user"), "is required"));
-    };
-    let id = change::parse_id(&user.id, &path("user.id"))?;
-    let mut violations = Vec::new();
-    let fields = fields_from_proto(&user, &path("user"), &mut violations);
-    let mask = match req.update_mask.as_ref().filter(|m| !m.paths.is_empty()) {
-        Some(m) => match UpdateMask::parse(&m.paths, &path("update_mask")) {
-            Ok(mask) => mask,
-            Err(v) => {
-                violations.extend(v);
-                UpdateMask::Paths(Vec::new())
+        if current.is_empty() {
+            return Err(Error::invalid_field(
+                "current_password",
+                "is required to change your own password",
+            ));
+        }
+        let key = format!("password:{}", caller.subject);
+        if !self.password_attempts.has_token(&key) {
+            return Err(Error::ResourceExhausted {
+                message: "too many wrong current passwords; wait before trying again".into(),
+                retry_after: std::time::Duration::from_secs_f64(1.0 / PASSWORD_ATTEMPTS_PER_SECOND),
+            });
+        }
+        let Some((hash, revision)) = self.store.password_state(id).await? else {
+            return Err(Error::not_found(id));
+        };
+        let Some(hash) = hash else {
+            // No password yet: there is nothing to confirm.
+            return Ok(Some(revision));
+        };
+        let current = current.to_owned();
+        let matches = tokio::task::spawn_blocking(move || password::verify(&current, &hash))
+            .await
+            .map_err(|e| Error::internal(format!("password check failed: {e}")))?;
+        if matches {
+            Ok(Some(revision))
+        } else {
+            self.password_attempts.take(&key);
+            Err(Error::PermissionDenied {
+                reason: "WRONG_PASSWORD",
+                message: "current_password is not the user's password".into(),
+                fields: vec!["current_password".into()],
+            })
+        }
+    }
+
+    /// An update request turned into a decision function for the store, after every check that needs no
+    /// stored data. `prefix` is the request's path in a batch (`requests[2]`) or empty.
+    async fn prepare_update(
+        &self,
+        caller: &Caller,
+        req: pb::UpdateUserRequest,
+        prefix: &str,
+    ) -> Result<(Uuid, crate::store::Decide), Error> {
+        let path = |field: &str| {
+            if prefix.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{prefix}.{field}")
             }
-        },
-        None => UpdateMask::populated(&fields, !user.password.is_empty()),
-    };
-    Error::check(violations)?;
-    let password = password_input(&user.password, &path("user.password")).await?;
-    let allow_missing = req.allow_missing;
-    let patch = Patch {
-        fields,
-        password,
-        mask,
-        etag: user.etag,
-    };
-    let decide: crate::store::Decide = Box::new(move |stored: Option<&crate::domain::user::User>, now| match stored {
-        Some(stored) => change::update(stored, patch, now),
-        None if allow_missing => change::create(id, patch.fields, patch.password, now),
-        None => Err(Error::not_found(id)),
-    });
-    Ok((id, decide))
+        };
+        let Some(user) = req.user else {
+            return Err(Error::invalid_field(path("user"), "is required"));
+        };
+        let id = change::parse_id(&user.id, &path("user.id"))?;
+        permission::authorize(caller, Rpc::UpdateUser, Some(id)).map_err(|e| e.with_field_prefix_if(prefix))?;
+        let mut violations = Vec::new();
+        let fields = fields_from_proto(&user, &path("user"), &mut violations);
+        let password_sent = !user.password.is_empty();
+        let mask = match req.update_mask.as_ref().filter(|m| !m.paths.is_empty()) {
+            Some(m) => match UpdateMask::parse(&m.paths, &path("update_mask")) {
+                Ok(mask) => mask,
+                Err(v) => {
+                    violations.extend(v);
+                    UpdateMask::Paths(Vec::new())
+                }
+            },
+            None => UpdateMask::populated(&fields, password_sent),
+        };
+        Error::check(violations)?;
+        let full = mask == UpdateMask::Full;
+        if !full {
+            permission::check_writable(caller, &mask.fields(password_sent))
+                .map_err(|e| e.with_field_prefix_if(prefix))?;
+        }
+        let observed_revision = if mask.writes_password(password_sent) && !caller.is_admin() {
+            self.check_current_password(caller, id, &req.current_password, prefix)
+                .await?
+        } else {
+            None
+        };
+        let password = password_input(&user.password, &path("user.password")).await?;
+        let allow_missing = req.allow_missing;
+        let patch = Patch {
+            fields,
+            password,
+            mask,
+            etag: user.etag,
+        };
+        let caller = caller.clone();
+        let decide: crate::store::Decide = Box::new(move |stored: Option<&User>, now| match stored {
+            Some(stored) => {
+                if observed_revision.is_some_and(|seen| seen != stored.revision) {
+                    return Err(Error::EtagMismatch(format!(
+                        "user {id} changed while its password was checked; retry"
+                    )));
+                }
+                let outcome = change::update(stored, patch, now)?;
+                if full {
+                    permission::check_privileged_unchanged(&caller, &stored.fields, &outcome.user.fields)?;
+                }
+                Ok(outcome)
+            }
+            None if allow_missing => {
+                let outcome = change::create(id, patch.fields, patch.password, now)?;
+                permission::check_privileged_unchanged(&caller, &UserFields::default(), &outcome.user.fields)?;
+                Ok(outcome)
+            }
+            None => Err(Error::not_found(id)),
+        });
+        Ok((id, decide))
+    }
 }
 
 /// A lifecycle RPC: one user, one pure transition.
-async fn transition<F>(store: &Store, ctx: &CallContext, raw_id: &str, change: F) -> Result<pb::User, Error>
+async fn transition<F>(store: &Store, ctx: &CallContext, rpc: Rpc, raw_id: &str, change: F) -> Result<pb::User, Error>
 where
-    F: FnOnce(&crate::domain::user::User, chrono::DateTime<Utc>) -> Result<Outcome, Error> + Send + 'static,
+    F: FnOnce(&User, chrono::DateTime<Utc>) -> Result<Outcome, Error> + Send + 'static,
 {
     let id = change::parse_id(raw_id, "id")?;
+    permission::authorize(&ctx.caller, rpc, Some(id))?;
     let decide: crate::store::Decide = Box::new(move |stored, now| match stored {
         Some(stored) => change(stored, now),
         None => Err(Error::not_found(id)),
@@ -206,7 +308,7 @@ where
     single(users)
 }
 
-fn single(users: Vec<crate::domain::user::User>) -> Result<pb::User, Error> {
+fn single(users: Vec<User>) -> Result<pb::User, Error> {
     users
         .first()
         .map(user_to_proto)
@@ -217,6 +319,7 @@ fn single(users: Vec<crate::domain::user::User>) -> Result<pb::User, Error> {
 impl UserService for UserServiceImpl {
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
         handle(request, |ctx, req| async move {
+            permission::authorize(&ctx.caller, Rpc::CreateUser, None)?;
             let Some(user) = req.user else {
                 return Err(Error::invalid_field("user", "is required"));
             };
@@ -255,8 +358,9 @@ impl UserService for UserServiceImpl {
     }
 
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
-        handle(request, |_ctx, req| async move {
+        handle(request, |ctx, req| async move {
             let id = change::parse_id(&req.id, "id")?;
+            permission::authorize(&ctx.caller, Rpc::GetUser, Some(id))?;
             match self.store.get(id).await? {
                 Some(user) => Ok(user_to_proto(&user)),
                 None => Err(Error::not_found(id)),
@@ -266,7 +370,8 @@ impl UserService for UserServiceImpl {
     }
 
     async fn lookup_user(&self, request: Request<pb::LookupUserRequest>) -> Result<Response<pb::User>, Status> {
-        handle(request, |_ctx, req| async move {
+        handle(request, |ctx, req| async move {
+            permission::authorize(&ctx.caller, Rpc::LookupUser, None)?;
             if req.email.is_empty() && req.username.is_empty() {
                 return Err(Error::invalid(vec![
                     FieldViolation::new("email", "email or username is required"),
@@ -306,7 +411,8 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        handle(request, |_ctx, req| async move {
+        handle(request, |ctx, req| async move {
+            permission::authorize(&ctx.caller, Rpc::ListUsers, None)?;
             let mut violations = Vec::new();
             let limit = page_size(req.page_size).map_err(|e| violations.push(e)).ok();
             let filter = filter::parse(&req.filter)
@@ -354,7 +460,7 @@ impl UserService for UserServiceImpl {
     async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
         handle(request, |ctx, req| async move {
             let validate_only = req.validate_only;
-            let (id, decide) = prepare_update(req, "").await?;
+            let (id, decide) = self.prepare_update(&ctx.caller, req, "").await?;
             let users = self
                 .store
                 .write(
@@ -375,7 +481,10 @@ impl UserService for UserServiceImpl {
     async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Result<Response<pb::User>, Status> {
         handle(request, |ctx, req| async move {
             let etag = req.etag;
-            transition(&self.store, &ctx, &req.id, move |u, now| change::delete(u, &etag, now)).await
+            transition(&self.store, &ctx, Rpc::DeleteUser, &req.id, move |u, now| {
+                change::delete(u, &etag, now)
+            })
+            .await
         })
         .await
     }
@@ -383,7 +492,10 @@ impl UserService for UserServiceImpl {
     async fn undelete_user(&self, request: Request<pb::UndeleteUserRequest>) -> Result<Response<pb::User>, Status> {
         handle(request, |ctx, req| async move {
             let etag = req.etag;
-            transition(&self.store, &ctx, &req.id, move |u, _| change::undelete(u, &etag)).await
+            transition(&self.store, &ctx, Rpc::UndeleteUser, &req.id, move |u, _| {
+                change::undelete(u, &etag)
+            })
+            .await
         })
         .await
     }
@@ -391,7 +503,7 @@ impl UserService for UserServiceImpl {
     async fn disable_user(&self, request: Request<pb::DisableUserRequest>) -> Result<Response<pb::User>, Status> {
         handle(request, |ctx, req| async move {
             let (etag, reason) = (req.etag, req.reason);
-            transition(&self.store, &ctx, &req.id, move |u, _| {
+            transition(&self.store, &ctx, Rpc::DisableUser, &req.id, move |u, _| {
                 change::disable(u, &reason, &etag)
             })
             .await
@@ -402,7 +514,10 @@ impl UserService for UserServiceImpl {
     async fn enable_user(&self, request: Request<pb::EnableUserRequest>) -> Result<Response<pb::User>, Status> {
         handle(request, |ctx, req| async move {
             let etag = req.etag;
-            transition(&self.store, &ctx, &req.id, move |u, _| change::enable(u, &etag)).await
+            transition(&self.store, &ctx, Rpc::EnableUser, &req.id, move |u, _| {
+                change::enable(u, &etag)
+            })
+            .await
         })
         .await
     }
@@ -432,7 +547,7 @@ impl UserService for UserServiceImpl {
                     ));
                     continue;
                 }
-                match prepare_update(item, &prefix).await {
+                match self.prepare_update(&ctx.caller, item, &prefix).await {
                     Ok((id, decide)) => mutations.push(Mutation {
                         id,
                         field_prefix: Some(prefix),
@@ -457,8 +572,9 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::ListUserRevisionsRequest>,
     ) -> Result<Response<pb::ListUserRevisionsResponse>, Status> {
-        handle(request, |_ctx, req| async move {
+        handle(request, |ctx, req| async move {
             let id = change::parse_id(&req.id, "id")?;
+            permission::authorize(&ctx.caller, Rpc::ListUserRevisions, Some(id))?;
             let limit = page_size(req.page_size)?;
             let query_hash = page_token::query_hash(&[&req.id]);
             let before = page_token::RevisionToken::decode(&req.page_token, query_hash)?.map(|t| t.before);

@@ -63,6 +63,12 @@ pub enum Error {
         message: String,
         fields: Vec<String>,
     },
+    /// RESOURCE_EXHAUSTED with `RetryInfo`: the caller must wait before trying again.
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// UNAVAILABLE: the database cannot be reached; the text is for the log only.
     #[error("database unavailable")]
     Unavailable(String),
@@ -117,6 +123,15 @@ impl Error {
 
     pub fn internal(e: impl fmt::Display) -> Error {
         Error::Internal(e.to_string())
+    }
+
+    /// [`Error::with_field_prefix`] when `prefix` is not empty.
+    pub fn with_field_prefix_if(self, prefix: &str) -> Error {
+        if prefix.is_empty() {
+            self
+        } else {
+            self.with_field_prefix(prefix)
+        }
     }
 
     /// Prefixes every field path (violations, conflicts) with `prefix`, for errors of a batch item.

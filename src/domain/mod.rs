@@ -6,6 +6,7 @@ pub mod error;
 pub mod field_mask;
 pub mod filter;
 pub mod password;
+pub mod permission;
 pub mod revision;
 pub mod user;
 pub mod validate;

@@ -76,11 +76,11 @@ impl Store {
     /// Connects, creating the SQLite file and its folder when needed, and runs pending migrations.
     pub fn open(options: &StoreOptions) -> anyhow::Result<Store> {
         let target = DatabaseTarget::parse(&options.url)?;
-        if let DatabaseTarget::Sqlite(path) = &target {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| anyhow::anyhow!("creating database folder {}: {e}", dir.display()))?;
-            }
+        if let DatabaseTarget::Sqlite(path) = &target
+            && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("creating database folder {}: {e}", dir.display()))?;
         }
         let sqlite_writer = matches!(target, DatabaseTarget::Sqlite(_)).then(|| Arc::new(Mutex::new(())));
         let manager = ConnectionManager {
@@ -145,6 +145,17 @@ impl Store {
         self.run(move |conn| {
             users::find(conn, id)
                 .map(|found| found.map(|(u, _)| u))
+                .map_err(read_error)
+        })
+        .await
+    }
+
+    /// The stored password hash of a user (if it has one) and the revision it was read at; `None` for an
+    /// unknown user.
+    pub async fn password_state(&self, id: Uuid) -> Result<Option<(Option<String>, i64)>, Error> {
+        self.run(move |conn| {
+            users::find(conn, id)
+                .map(|found| found.map(|(u, hash)| (hash, u.revision)))
                 .map_err(read_error)
         })
         .await

@@ -166,10 +166,10 @@ pub fn request_message(binding: &HttpBinding, input: RestInput<'_>) -> Result<Dy
         for (name, raw) in form_urlencoded::parse(query.as_bytes()) {
             let chain =
                 resolve(&descriptor, &name).ok_or_else(|| BadRequest(format!("unknown query parameter `{name}`")))?;
-            if let (Body::Field(body_field), Some(first)) = (&binding.body, chain.first()) {
-                if first.name() == body_field {
-                    return Err(BadRequest(format!("`{name}` belongs in the request body")));
-                }
+            if let (Body::Field(body_field), Some(first)) = (&binding.body, chain.first())
+                && first.name() == body_field
+            {
+                return Err(BadRequest(format!("`{name}` belongs in the request body")));
             }
             let Some(last) = chain.last() else { continue };
             if update_mask.as_ref().is_some_and(|m| m == last) {
@@ -190,30 +190,30 @@ pub fn request_message(binding: &HttpBinding, input: RestInput<'_>) -> Result<Dy
     }
 
     // Mask rules of API §4: PATCH infers the mask from the body's keys, PUT means a full replacement.
-    if let (Some(mask_field), Body::Field(body_field)) = (&update_mask, &binding.body) {
-        if !mask_given {
-            let body_message = descriptor.get_field_by_name(body_field).and_then(|f| match f.kind() {
-                Kind::Message(m) => Some(m),
+    if let (Some(mask_field), Body::Field(body_field)) = (&update_mask, &binding.body)
+        && !mask_given
+    {
+        let body_message = descriptor.get_field_by_name(body_field).and_then(|f| match f.kind() {
+            Kind::Message(m) => Some(m),
+            _ => None,
+        });
+        let body_key = descriptor
+            .get_field_by_name(body_field)
+            .map(|f| f.json_name().to_owned())
+            .unwrap_or_default();
+        let body_json = request.get(&body_key);
+        let mask = if input.http_method == http::Method::PATCH {
+            match (body_message, body_json) {
+                (Some(m), Some(Value::Object(o))) => Some(infer_mask(&m, o).join(",")),
                 _ => None,
-            });
-            let body_key = descriptor
-                .get_field_by_name(body_field)
-                .map(|f| f.json_name().to_owned())
-                .unwrap_or_default();
-            let body_json = request.get(&body_key);
-            let mask = if input.http_method == http::Method::PATCH {
-                match (body_message, body_json) {
-                    (Some(m), Some(Value::Object(o))) => Some(infer_mask(&m, o).join(",")),
-                    _ => None,
-                }
-            } else if input.http_method == http::Method::PUT {
-                Some("*".to_owned())
-            } else {
-                None
-            };
-            if let Some(mask) = mask {
-                set_path(&mut request, std::slice::from_ref(mask_field), Value::String(mask))?;
             }
+        } else if input.http_method == http::Method::PUT {
+            Some("*".to_owned())
+        } else {
+            None
+        };
+        if let Some(mask) = mask {
+            set_path(&mut request, std::slice::from_ref(mask_field), Value::String(mask))?;
         }
     }
 

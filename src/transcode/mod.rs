@@ -27,6 +27,31 @@ use rule::HttpBinding;
 /// exactly as they see gRPC ones.
 const FORWARDED_HEADERS: [&str; 3] = ["authorization", "x-request-id", "grpc-timeout"];
 
+/// Deepest JSON nesting a REST body may have: the deepest request (a batch item's attributes) needs 26; the
+/// bound keeps the protobuf message built from it within every decoder's recursion limit.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Nesting depth of a JSON value (a scalar is 0, `{}` is 1).
+fn json_depth(value: &serde_json::Value) -> usize {
+    // Iterative, so that the check itself cannot overflow the stack.
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        match v {
+            serde_json::Value::Object(o) => {
+                deepest = deepest.max(depth + 1);
+                stack.extend(o.values().map(|c| (c, depth + 1)));
+            }
+            serde_json::Value::Array(a) => {
+                deepest = deepest.max(depth + 1);
+                stack.extend(a.iter().map(|c| (c, depth + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Serves REST for the RPCs of a descriptor pool by calling `grpc` in-process.
 #[derive(Clone)]
 pub struct Transcoder {
@@ -157,9 +182,14 @@ impl Transcoder {
                 Vec::new(),
             ));
         }
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| invalid_argument(&format!("the request body is not valid JSON: {e}")))
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| invalid_argument(&format!("the request body is not valid JSON: {e}")))?;
+        if json_depth(&value) > MAX_JSON_DEPTH {
+            return Err(invalid_argument(&format!(
+                "the request body is nested deeper than {MAX_JSON_DEPTH} levels"
+            )));
+        }
+        Ok(Some(value))
     }
 
     /// Calls the gRPC method in-process and converts its answer.
@@ -205,12 +235,12 @@ impl Transcoder {
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let data = collected.to_bytes();
 
-        if let Some(status) = status_from_parts(&response_parts.headers, &trailers) {
-            if status.code() != tonic::Code::Ok {
-                let mut response = errors::status_response(&status);
-                copy_passthrough_headers(&response_parts.headers, response.headers_mut());
-                return Err(response);
-            }
+        if let Some(status) = status_from_parts(&response_parts.headers, &trailers)
+            && status.code() != tonic::Code::Ok
+        {
+            let mut response = errors::status_response(&status);
+            copy_passthrough_headers(&response_parts.headers, response.headers_mut());
+            return Err(response);
         }
         let output = decode_frame(data, binding).map_err(|e| internal(&e))?;
         let json = json::response_json(binding, &output).map_err(|e| internal(&e))?;
@@ -218,10 +248,10 @@ impl Transcoder {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(etag) = json::response_etag(&output) {
-            if let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\"")) {
-                response.headers_mut().insert(header::ETAG, value);
-            }
+        if let Some(etag) = json::response_etag(&output)
+            && let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\""))
+        {
+            response.headers_mut().insert(header::ETAG, value);
         }
         copy_passthrough_headers(&response_parts.headers, response.headers_mut());
         Ok(response)

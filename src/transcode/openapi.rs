@@ -306,12 +306,12 @@ impl Schemas {
 
     /// The schema of a field's value: maps and lists around the element schema.
     fn value_schema(&mut self, field: &FieldDescriptor) -> Value {
-        if field.is_map() {
-            if let Kind::Message(entry) = field.kind() {
-                // JSON object keys are strings whatever the key type, so only the value type matters.
-                let value = entry.map_entry_value_field();
-                return json!({"type": "object", "additionalProperties": self.kind_schema(&value.kind())});
-            }
+        if field.is_map()
+            && let Kind::Message(entry) = field.kind()
+        {
+            // JSON object keys are strings whatever the key type, so only the value type matters.
+            let value = entry.map_entry_value_field();
+            return json!({"type": "object", "additionalProperties": self.kind_schema(&value.kind())});
         }
         let item = self.kind_schema(&field.kind());
         if field.is_list() {
@@ -422,18 +422,18 @@ fn query_parameters(
         if field.is_map() {
             continue;
         }
-        if let Kind::Message(child) = field.kind() {
-            if !is_well_known(&child) {
-                // A repeated message cannot be spelled as query parameters, and a recursive message would
-                // give infinitely many names.
-                let recursive = ancestors.iter().any(|a| a == child.full_name());
-                if !field.is_list() && !recursive {
-                    ancestors.push(child.full_name().to_owned());
-                    query_parameters(&child, &proto_path, &format!("{name}."), excluded, ancestors, out);
-                    ancestors.pop();
-                }
-                continue;
+        if let Kind::Message(child) = field.kind()
+            && !is_well_known(&child)
+        {
+            // A repeated message cannot be spelled as query parameters, and a recursive message would
+            // give infinitely many names.
+            let recursive = ancestors.iter().any(|a| a == child.full_name());
+            if !field.is_list() && !recursive {
+                ancestors.push(child.full_name().to_owned());
+                query_parameters(&child, &proto_path, &format!("{name}."), excluded, ancestors, out);
+                ancestors.pop();
             }
+            continue;
         }
         // Struct, Value and the like have no query string form.
         let Some(leaf) = leaf_schema(&field.kind()) else {
@@ -565,11 +565,11 @@ fn field_description(field: &FieldDescriptor) -> Option<String> {
     if let Some(comment) = comment(&field.parent_file(), field.path()) {
         text.push_str(&comment);
     }
-    if let Kind::Enum(enumeration) = field.kind() {
-        if let Some(values) = enum_values_description(&enumeration) {
-            text.push_str("\n\n");
-            text.push_str(&values);
-        }
+    if let Kind::Enum(enumeration) = field.kind()
+        && let Some(values) = enum_values_description(&enumeration)
+    {
+        text.push_str("\n\n");
+        text.push_str(&values);
     }
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_owned())

@@ -162,10 +162,10 @@ impl PathTemplate {
     /// `**` swallows the rest of the path, so it may only come last.
     fn check_multi_is_last(&self) -> Result<(), TemplateError> {
         let flat = self.flat();
-        if let Some(i) = flat.iter().position(|s| matches!(s, Segment::Multi)) {
-            if i + 1 != flat.len() {
-                return Err(TemplateError("`**` must be the last segment of a path template".into()));
-            }
+        if let Some(i) = flat.iter().position(|s| matches!(s, Segment::Multi))
+            && i + 1 != flat.len()
+        {
+            return Err(TemplateError("`**` must be the last segment of a path template".into()));
         }
         Ok(())
     }

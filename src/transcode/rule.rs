@@ -102,13 +102,13 @@ fn rule_bindings(
             pattern = string_field(rule, name).map(|p| (method, p));
         }
     }
-    if rule.has_field_by_name("custom") {
-        if let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref() {
-            let kind = string_field(custom, "kind").unwrap_or_default();
-            let method = Method::from_bytes(kind.as_bytes())
-                .map_err(|_| format!("custom method `{kind}` is not an HTTP method"))?;
-            pattern = string_field(custom, "path").map(|p| (method, p));
-        }
+    if rule.has_field_by_name("custom")
+        && let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref()
+    {
+        let kind = string_field(custom, "kind").unwrap_or_default();
+        let method =
+            Method::from_bytes(kind.as_bytes()).map_err(|_| format!("custom method `{kind}` is not an HTTP method"))?;
+        pattern = string_field(custom, "path").map(|p| (method, p));
     }
     let (http_method, path) = pattern.ok_or_else(|| format!("{}: http rule without a pattern", rpc.full_name()))?;
     let template = PathTemplate::parse(&path).map_err(|e| format!("{}: {e}", rpc.full_name()))?;
@@ -138,13 +138,13 @@ fn rule_bindings(
         }
     };
     let response_body = string_field(rule, "response_body");
-    if let Some(field) = &response_body {
-        if rpc.output().get_field_by_name(field).is_none() {
-            return Err(format!(
-                "{}: response_body `{field}` is not a field of the response",
-                rpc.full_name()
-            ));
-        }
+    if let Some(field) = &response_body
+        && rpc.output().get_field_by_name(field).is_none()
+    {
+        return Err(format!(
+            "{}: response_body `{field}` is not a field of the response",
+            rpc.full_name()
+        ));
     }
     out.push(HttpBinding {
         http_method,

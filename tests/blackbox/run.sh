@@ -11,7 +11,8 @@
 #   BLACKBOX_VENV           Python venv, reused when present    (default target/blackbox-venv)
 #   BLACKBOX_PYTHON         Python that creates the venv        (default python3)
 #   BLACKBOX_PARTS          which parts run, any of: grpc grpc-web rest schemathesis (default: all four)
-#   BLACKBOX_TOKEN          when set, sent as `Authorization: Bearer $BLACKBOX_TOKEN` on every service call
+#   BLACKBOX_TOKEN          sent as `Authorization: Bearer $BLACKBOX_TOKEN` on every service call; by default an
+#                           admin token minted with `user-service token` for the run's own random secret
 #   BLACKBOX_MAX_EXAMPLES   schemathesis test cases per operation and phase   (default 30)
 #   BLACKBOX_FUZZ_TIMEOUT   hard limit for the schemathesis run, in seconds   (default 240)
 set -euo pipefail
@@ -114,6 +115,15 @@ except Exception:
     print("000")
 EOF
 }
+
+# A throw-away secret for this run; the admin token every client sends is minted with the binary's own
+# `token` command, unless one was given.
+export USER_SERVICE_JWT_SECRET="${USER_SERVICE_JWT_SECRET:-$(head -c 32 /dev/urandom | base64 | tr -d '\n')}"
+export USER_SERVICE_DATA_DIR="$work/data"
+if [[ -z "${BLACKBOX_TOKEN:-}" ]]; then
+    BLACKBOX_TOKEN="$("$server_bin" token --sub blackbox-admin --scope users.admin --ttl 1h)"
+fi
+export BLACKBOX_TOKEN
 
 log "starting $server_bin on $target"
 NO_COLOR=1 "$server_bin" serve --listen "$target" --database-url "sqlite://$work/users.db" \

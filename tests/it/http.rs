@@ -28,14 +28,22 @@ impl HttpResponse {
 #[derive(Clone)]
 pub struct HttpClient {
     base: String,
+    /// Sent as `Authorization: Bearer …` unless a call sets its own.
+    token: Option<String>,
     h1: Client<HttpConnector, Full<Bytes>>,
     h2: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl HttpClient {
+    /// A client authenticated as an administrator.
     pub fn new(addr: std::net::SocketAddr) -> HttpClient {
+        HttpClient::with_token(addr, Some(crate::support::admin_token()))
+    }
+
+    pub fn with_token(addr: std::net::SocketAddr, token: Option<String>) -> HttpClient {
         HttpClient {
             base: format!("http://{addr}"),
+            token,
             h1: Client::builder(TokioExecutor::new()).build_http(),
             h2: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
         }
@@ -55,6 +63,13 @@ impl HttpClient {
             .uri(format!("{}{path_and_query}", self.base));
         for (name, value) in headers {
             request = request.header(*name, *value);
+        }
+        if let Some(token) = self
+            .token
+            .as_ref()
+            .filter(|_| !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")))
+        {
+            request = request.header("authorization", format!("Bearer {token}"));
         }
         let request = request.body(Full::new(body.into())).expect("request");
         let client = if http2 { &self.h2 } else { &self.h1 };

@@ -17,7 +17,7 @@ use crate::support::TestApp;
 backend_tests!(every_rpc_behaves_the_same_over_every_protocol);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
+pub(crate) enum Protocol {
     Grpc,
     WebH1,
     WebH2,
@@ -26,7 +26,7 @@ enum Protocol {
     Rest,
 }
 
-const PROTOCOLS: [Protocol; 6] = [
+pub(crate) const PROTOCOLS: [Protocol; 6] = [
     Protocol::Grpc,
     Protocol::WebH1,
     Protocol::WebH2,
@@ -36,7 +36,7 @@ const PROTOCOLS: [Protocol; 6] = [
 ];
 
 #[derive(Debug, Clone, PartialEq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Ok(Value),
     Err {
         code: i32,
@@ -55,16 +55,16 @@ impl Outcome {
 }
 
 /// One call in both forms: the protobuf request of the RPC and the equivalent REST request.
-struct Call {
-    rpc: &'static str,
-    request: Vec<u8>,
-    method: Method,
-    path: String,
-    body: Option<Value>,
-    headers: Vec<(&'static str, String)>,
+pub(crate) struct Call {
+    pub rpc: &'static str,
+    pub request: Vec<u8>,
+    pub method: Method,
+    pub path: String,
+    pub body: Option<Value>,
+    pub headers: Vec<(&'static str, String)>,
 }
 
-fn call(
+pub(crate) fn call(
     rpc: &'static str,
     request: impl Message,
     method: Method,
@@ -117,7 +117,8 @@ fn code_number(name: &str) -> i32 {
     .map_or(-1, |p| p as i32)
 }
 
-struct Harness {
+pub(crate) struct Harness {
+    token: Option<String>,
     http: HttpClient,
     h2: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     base: String,
@@ -125,9 +126,11 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(app: &TestApp) -> Harness {
+    /// A harness whose calls carry `token` (or none) on every protocol.
+    pub(crate) fn new(app: &TestApp, token: Option<String>) -> Harness {
         Harness {
-            http: HttpClient::new(app.addr),
+            token: token.clone(),
+            http: HttpClient::with_token(app.addr, token),
             h2: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .http2_only(true)
                 .build_http(),
@@ -157,6 +160,9 @@ impl Harness {
             .uri(format!("{}/users.v1.UserService/{}", self.base, c.rpc))
             .header("content-type", "application/grpc")
             .header("te", "trailers");
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
         for (name, value) in &c.headers {
             if *name != "if-match" {
                 request = request.header(*name, value);
@@ -191,7 +197,7 @@ impl Harness {
         }
     }
 
-    async fn invoke(&self, protocol: Protocol, c: &Call) -> Outcome {
+    pub(crate) async fn invoke(&self, protocol: Protocol, c: &Call) -> Outcome {
         let headers: Vec<(&str, &str)> = c
             .headers
             .iter()
@@ -324,7 +330,7 @@ fn blank_users(v: &mut Value) {
 }
 
 async fn every_rpc_behaves_the_same_over_every_protocol(app: TestApp) {
-    let h = Harness::new(&app);
+    let h = Harness::new(&app, Some(crate::support::admin_token()));
     let n = PROTOCOLS.len();
 
     // CreateUser: each protocol creates its own user from the same fields.

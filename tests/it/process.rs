@@ -6,6 +6,8 @@ use std::time::Duration;
 use user_service::pb;
 use user_service::pb::user_service_client::UserServiceClient;
 
+use crate::support::{BearerToken, Client, TEST_SECRET, admin_token};
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -23,16 +25,21 @@ fn spawn(database_url: &str, port: u16) -> Child {
             database_url,
         ])
         .env("RUST_LOG", "warn")
+        .env("USER_SERVICE_JWT_SECRET", TEST_SECRET)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("binary starts")
 }
 
-async fn connect(port: u16) -> UserServiceClient<tonic::transport::Channel> {
+async fn connect(port: u16) -> Client {
     for _ in 0..100 {
-        if let Ok(client) = UserServiceClient::connect(format!("http://127.0.0.1:{port}")).await {
-            return client;
+        if let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            return UserServiceClient::with_interceptor(channel, BearerToken(Some(admin_token())));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

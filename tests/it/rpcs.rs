@@ -212,10 +212,7 @@ async fn lookup_by_email_username_or_both(app: TestApp) {
     );
 }
 
-async fn list_all(
-    c: &mut pb::user_service_client::UserServiceClient<tonic::transport::Channel>,
-    filter: &str,
-) -> Vec<String> {
+async fn list_all(c: &mut crate::support::Client, filter: &str) -> Vec<String> {
     let response = c
         .list_users(pb::ListUsersRequest {
             filter: filter.into(),
@@ -658,7 +655,10 @@ async fn revisions_record_every_change(app: TestApp) {
     assert_eq!(paths(1), vec!["labels.team", "password"]);
     assert_eq!(paths(2), vec!["given_name"]);
     assert_eq!(paths(3), vec!["email", "password"]);
-    assert!(all.revisions.iter().all(|r| r.actor == "anonymous"));
+    assert!(
+        all.revisions.iter().all(|r| r.actor == "test-admin"),
+        "the actor is the token's sub"
+    );
 
     let text = format!("{all:?}");
     assert!(

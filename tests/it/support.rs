@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use diesel::Connection;
 use diesel::connection::SimpleConnection;
 use tokio::sync::oneshot;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -19,9 +21,89 @@ pub enum Backend {
     Postgres,
 }
 
+/// Everything the servers of this test binary log, at debug level, for tests that check what logs contain.
+static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+#[derive(Clone)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = LogBuffer(buffer.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+        buffer
+    });
+}
+
+/// What the test servers have logged so far.
+pub fn captured_logs() -> String {
+    LOGS.get()
+        .map(|b| String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned())
+        .unwrap_or_default()
+}
+
+/// The HS256 secret test servers use.
+pub const TEST_SECRET: &str = "integration-test-secret";
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(pub Option<String>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::internal("bad token"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// A client of the service that sends one fixed token (or none).
+pub type Client = UserServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// Signs a test token for `sub` with `scopes`.
+pub fn token(sub: &str, scopes: &[&str]) -> String {
+    token_with_ttl(sub, scopes, std::time::Duration::from_secs(3600))
+}
+
+pub fn token_with_ttl(sub: &str, scopes: &[&str], ttl: std::time::Duration) -> String {
+    let config = user_service::auth::AuthConfig {
+        jwt_secret: Some(TEST_SECRET.into()),
+        ..Default::default()
+    };
+    let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+    user_service::auth::signer_for_cli(&config)
+        .and_then(|s| s.sign(sub, &scopes, ttl))
+        .expect("test token")
+}
+
+/// A token of an administrator.
+pub fn admin_token() -> String {
+    token("test-admin", &["users.admin"])
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub client: UserServiceClient<Channel>,
+    /// A client authenticated as an administrator.
+    pub client: Client,
     /// The database the server uses, for tests that open the store beside it.
     pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
@@ -48,6 +130,7 @@ impl TestApp {
 
     /// Starts a server whose configuration `configure` may change first.
     pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut ServeConfig)) -> Option<TestApp> {
+        capture_logs();
         let (database_url, dir, pg_schema) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -67,6 +150,7 @@ impl TestApp {
         };
         let mut config = ServeConfig::for_database(&database_url);
         config.database.db_pool_size = 8;
+        config.auth.jwt_secret = Some(TEST_SECRET.into());
         configure(&mut config);
         let app = user_service::app(&config).await.expect("app starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -79,9 +163,12 @@ impl TestApp {
             .await
             .expect("server runs");
         });
-        let client = UserServiceClient::connect(format!("http://{addr}"))
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
             .await
             .expect("client connects");
+        let client = UserServiceClient::with_interceptor(channel, BearerToken(Some(admin_token())));
         Some(TestApp {
             addr,
             client,
@@ -92,11 +179,19 @@ impl TestApp {
         })
     }
 
-    /// A new client on its own connection.
-    pub async fn new_client(&self) -> UserServiceClient<Channel> {
-        UserServiceClient::connect(format!("http://{}", self.addr))
+    /// A new administrator client on its own connection.
+    pub async fn new_client(&self) -> Client {
+        self.client_with(Some(admin_token())).await
+    }
+
+    /// A client on its own connection that sends `token` (or no token).
+    pub async fn client_with(&self, token: Option<String>) -> Client {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
             .await
-            .expect("client connects")
+            .expect("client connects");
+        UserServiceClient::with_interceptor(channel, BearerToken(token))
     }
 }
 
@@ -146,7 +241,7 @@ pub fn user(email: &str) -> pb::User {
     }
 }
 
-pub async fn create(client: &mut UserServiceClient<Channel>, user: pb::User) -> pb::User {
+pub async fn create(client: &mut Client, user: pb::User) -> pb::User {
     client
         .create_user(pb::CreateUserRequest {
             user: Some(user),
@@ -163,11 +258,7 @@ pub fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
     })
 }
 
-pub async fn update(
-    client: &mut UserServiceClient<Channel>,
-    user: pb::User,
-    paths: &[&str],
-) -> Result<pb::User, Status> {
+pub async fn update(client: &mut Client, user: pb::User, paths: &[&str]) -> Result<pb::User, Status> {
     client
         .update_user(pb::UpdateUserRequest {
             user: Some(user),

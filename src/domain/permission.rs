@@ -1,0 +1,206 @@
+//! Who may do what (API §6): scopes per RPC, self-service on one's own user, and the privileged fields only
+//! administrators may write. Pure functions, checked before anything is read, so a refusal never depends on
+//! whether a user exists.
+
+use uuid::Uuid;
+
+use super::caller::Caller;
+use super::error::Error;
+use super::field_mask::UserField;
+use super::user::UserFields;
+
+/// Every RPC on every user, every field.
+pub const SCOPE_ADMIN: &str = "users.admin";
+/// Read every user.
+pub const SCOPE_READ: &str = "users.read";
+
+/// The RPCs, as permissions see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    CreateUser,
+    GetUser,
+    LookupUser,
+    ListUsers,
+    UpdateUser,
+    DeleteUser,
+    UndeleteUser,
+    DisableUser,
+    EnableUser,
+    BatchUpdateUsers,
+    ListUserRevisions,
+}
+
+impl Caller {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.has_scope(SCOPE_ADMIN)
+    }
+
+    /// Whether the caller is the user `id` (its token's `sub` is that id).
+    pub fn is_user(&self, id: Uuid) -> bool {
+        Uuid::try_parse(&self.subject).is_ok_and(|sub| sub == id)
+    }
+}
+
+fn denied(caller: &Caller, rpc: Rpc, target: Option<Uuid>) -> Error {
+    let on = target.map(|id| format!(" on user {id}")).unwrap_or_default();
+    Error::PermissionDenied {
+        reason: "PERMISSION_DENIED",
+        message: format!("caller {:?} may not call {rpc:?}{on}", caller.subject),
+        fields: Vec::new(),
+    }
+}
+
+/// Whether `caller` may call `rpc` on `target` (the user the call names; `None` for collection calls and
+/// creation). Administrators may do everything; `users.read` may read everyone; any caller may read, update and
+/// see the revisions of their own user.
+pub fn authorize(caller: &Caller, rpc: Rpc, target: Option<Uuid>) -> Result<(), Error> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let own = target.is_some_and(|id| caller.is_user(id));
+    let reader = caller.has_scope(SCOPE_READ);
+    let allowed = match rpc {
+        Rpc::GetUser | Rpc::ListUserRevisions => reader || own,
+        Rpc::LookupUser | Rpc::ListUsers => reader,
+        Rpc::UpdateUser | Rpc::BatchUpdateUsers => own,
+        Rpc::CreateUser | Rpc::DeleteUser | Rpc::UndeleteUser | Rpc::DisableUser | Rpc::EnableUser => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(denied(caller, rpc, target))
+    }
+}
+
+fn privileged_denied(fields: Vec<String>) -> Error {
+    Error::PermissionDenied {
+        reason: "PRIVILEGED_FIELD",
+        message: format!(
+            "only administrators may change {}; nothing was changed",
+            fields.join(", ")
+        ),
+        fields,
+    }
+}
+
+/// Refuses a non-administrator's write that names privileged fields (explicit or inferred masks).
+pub fn check_writable(caller: &Caller, fields: &[UserField]) -> Result<(), Error> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let named: Vec<String> = fields
+        .iter()
+        .filter(|f| f.is_privileged())
+        .map(|f| format!("user.{}", f.name()))
+        .collect();
+    if named.is_empty() {
+        Ok(())
+    } else {
+        Err(privileged_denied(named))
+    }
+}
+
+/// Refuses a non-administrator's write whose result differs from `before` in a privileged field (a full
+/// replacement, or a creation through `allow_missing` where `before` is empty).
+pub fn check_privileged_unchanged(caller: &Caller, before: &UserFields, after: &UserFields) -> Result<(), Error> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let mut changed = Vec::new();
+    if before.roles != after.roles {
+        changed.push("user.roles".to_owned());
+    }
+    if before.memberships != after.memberships {
+        changed.push("user.memberships".to_owned());
+    }
+    if before.valid_from != after.valid_from {
+        changed.push("user.valid_from".to_owned());
+    }
+    if before.expire_time != after.expire_time {
+        changed.push("user.expire_time".to_owned());
+    }
+    if changed.is_empty() {
+        Ok(())
+    } else {
+        Err(privileged_denied(changed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(sub: &str, scopes: &[&str]) -> Caller {
+        Caller {
+            subject: sub.to_owned(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    const ALL: [Rpc; 11] = [
+        Rpc::CreateUser,
+        Rpc::GetUser,
+        Rpc::LookupUser,
+        Rpc::ListUsers,
+        Rpc::UpdateUser,
+        Rpc::DeleteUser,
+        Rpc::UndeleteUser,
+        Rpc::DisableUser,
+        Rpc::EnableUser,
+        Rpc::BatchUpdateUsers,
+        Rpc::ListUserRevisions,
+    ];
+
+    #[test]
+    fn the_scope_table_of_the_contract() {
+        let me = Uuid::now_v7();
+        let other = Uuid::now_v7();
+        let admin = caller("ops", &[SCOPE_ADMIN]);
+        let reader = caller("auditor", &[SCOPE_READ]);
+        let myself = caller(&me.to_string(), &[]);
+        for rpc in ALL {
+            assert!(authorize(&admin, rpc, Some(other)).is_ok(), "{rpc:?}");
+            let reads = matches!(
+                rpc,
+                Rpc::GetUser | Rpc::LookupUser | Rpc::ListUsers | Rpc::ListUserRevisions
+            );
+            assert_eq!(authorize(&reader, rpc, Some(other)).is_ok(), reads, "reader {rpc:?}");
+            let own = matches!(
+                rpc,
+                Rpc::GetUser | Rpc::UpdateUser | Rpc::ListUserRevisions | Rpc::BatchUpdateUsers
+            );
+            assert_eq!(authorize(&myself, rpc, Some(me)).is_ok(), own, "self {rpc:?}");
+            assert!(
+                authorize(&myself, rpc, Some(other)).is_err(),
+                "self on another user {rpc:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn privileged_fields_are_for_admins_only() {
+        let me = caller(&Uuid::now_v7().to_string(), &[]);
+        let err =
+            check_writable(&me, &[UserField::GivenName, UserField::Roles, UserField::ExpireTime]).expect_err("denied");
+        match err {
+            Error::PermissionDenied { fields, .. } => assert_eq!(fields, vec!["user.roles", "user.expire_time"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(check_writable(&me, &[UserField::GivenName, UserField::Labels]).is_ok());
+        assert!(check_writable(&caller("ops", &[SCOPE_ADMIN]), &[UserField::Roles]).is_ok());
+        let before = UserFields {
+            roles: vec!["admin".into()],
+            ..Default::default()
+        };
+        let after = UserFields::default();
+        assert!(
+            check_privileged_unchanged(&me, &before, &after).is_err(),
+            "a reset of roles is a change"
+        );
+        assert!(check_privileged_unchanged(&me, &before, &before.clone()).is_ok());
+    }
+}

@@ -1,0 +1,137 @@
+//! The gate every RPC passes, whatever its protocol: bearer-token authentication filling the `Caller`, the
+//! per-caller rate limit, and the request time limit. Health and reflection stay open.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::{HeaderValue, header};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::api::status::ERROR_DOMAIN;
+use crate::auth::{Verifier, bearer_token};
+use crate::limits::{Admission, RateLimiter};
+use crate::transcode::errors::status_response;
+
+/// gRPC services any client may call without a token.
+const OPEN_SERVICES: [&str; 3] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// The peer address of a connection, put in each request's extensions by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+pub struct Gate {
+    pub verifier: Verifier,
+    pub limiter: RateLimiter,
+    pub request_timeout: Duration,
+}
+
+fn is_grpc(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A refusal in the caller's protocol: a trailers-only gRPC status, or a REST error body.
+fn refuse(grpc: bool, status: &Status) -> Response {
+    if grpc {
+        status.clone().into_http::<axum::body::Body>()
+    } else {
+        status_response(status)
+    }
+}
+
+fn status(code: Code, message: String, reason: &str, details: impl FnOnce(&mut ErrorDetails)) -> Status {
+    let mut d = ErrorDetails::new();
+    d.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+    details(&mut d);
+    Status::with_error_details(code, message, d)
+}
+
+fn set_rate_headers(response: &mut Response, limit: u64, remaining: u64) {
+    let headers = response.headers_mut();
+    headers.insert("ratelimit-limit", HeaderValue::from(limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
+}
+
+/// The middleware: authenticate, rate limit, then run the call within the time limit.
+pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if OPEN_SERVICES.iter().any(|open| path.starts_with(open)) {
+        return next.run(request).await;
+    }
+    let grpc = is_grpc(&request);
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let caller = bearer_token(header).and_then(|token| gate.verifier.verify(token));
+
+    // Unauthenticated calls spend their address's budget, so bad tokens cannot make the verifier work for free.
+    let key = match (&caller, request.extensions().get::<PeerAddr>()) {
+        (Ok(caller), _) => format!("sub:{}", caller.subject),
+        (Err(_), Some(peer)) => format!("ip:{}", peer.0.ip()),
+        (Err(_), None) => "ip:unknown".to_owned(),
+    };
+    let limit = gate.limiter.capacity();
+    let remaining = match gate.limiter.take(&key) {
+        Admission::Allowed { remaining } => remaining,
+        Admission::Limited { retry_after } => {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let refused = status(
+                Code::ResourceExhausted,
+                format!("rate limit of {limit} requests exceeded; retry in {seconds} s"),
+                "RATE_LIMITED",
+                |d| {
+                    d.set_retry_info(Some(retry_after));
+                    d.add_quota_failure_violation(key.clone(), "requests per caller");
+                },
+            );
+            let mut response = refuse(grpc, &refused);
+            set_rate_headers(&mut response, limit, 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            return response;
+        }
+    };
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err(e) => {
+            let refused = status(Code::Unauthenticated, e.0, "UNAUTHENTICATED", |_| {});
+            let mut response = refuse(grpc, &refused);
+            if !grpc {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            return response;
+        }
+    };
+    request.extensions_mut().insert(caller);
+    let mut response = match tokio::time::timeout(gate.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => refuse(
+            grpc,
+            &status(
+                Code::DeadlineExceeded,
+                format!("the request took longer than {} ms", gate.request_timeout.as_millis()),
+                "REQUEST_TIMEOUT",
+                |_| {},
+            ),
+        ),
+    };
+    set_rate_headers(&mut response, limit, remaining);
+    response
+}

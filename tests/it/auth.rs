@@ -1,0 +1,732 @@
+//! Authentication and authorization (API §6): the matrix of every RPC against every kind of caller over every
+//! protocol, privileged fields, password changes, and the limits a caller meets.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{Method, StatusCode};
+use serde_json::json;
+use tonic::Code;
+use user_service::auth::Claims;
+use user_service::pb;
+
+use crate::backend_tests;
+use crate::http::HttpClient;
+use crate::parity::{Call, Harness, Outcome, PROTOCOLS, Protocol, call};
+use crate::support::{
+    Backend, TEST_SECRET, TestApp, create, expect_code, mask, reason, token, update, user, violation_fields,
+};
+
+backend_tests!(
+    every_rpc_against_every_caller,
+    self_service_cannot_touch_privileged_fields,
+    password_changes_need_the_current_password,
+    passwords_and_hashes_never_reach_logs_or_answers,
+);
+
+const AUDIENCE: &str = "user-service";
+
+/// Signs claims with `secret`, so tests can build tokens the service's own signer never would.
+fn sign(secret: &str, sub: &str, scopes: &str, exp_offset: i64, aud: Option<&str>) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let claims = Claims {
+        sub: sub.into(),
+        exp: (now + exp_offset) as u64,
+        nbf: None,
+        iat: Some(now as u64),
+        scope: scopes.into(),
+        iss: None,
+        aud: aud.map(str::to_owned),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    NoToken,
+    Expired,
+    WrongSignature,
+    WrongAudience,
+    Myself,
+    OtherUser,
+    Reader,
+    Admin,
+}
+
+const EVERYONE: [Who; 8] = [
+    Who::NoToken,
+    Who::Expired,
+    Who::WrongSignature,
+    Who::WrongAudience,
+    Who::Myself,
+    Who::OtherUser,
+    Who::Reader,
+    Who::Admin,
+];
+
+const RPCS: [&str; 11] = [
+    "CreateUser",
+    "GetUser",
+    "LookupUser",
+    "ListUsers",
+    "UpdateUser",
+    "DisableUser",
+    "EnableUser",
+    "DeleteUser",
+    "UndeleteUser",
+    "BatchUpdateUsers",
+    "ListUserRevisions",
+];
+
+/// The code API §6 gives `who` calling `rpc` on the caller's own user (or, for `OtherUser`, on someone else's).
+fn expected(who: Who, rpc: &str) -> Code {
+    match who {
+        Who::NoToken | Who::Expired | Who::WrongSignature | Who::WrongAudience => Code::Unauthenticated,
+        Who::Admin => Code::Ok,
+        Who::Reader if matches!(rpc, "GetUser" | "LookupUser" | "ListUsers" | "ListUserRevisions") => Code::Ok,
+        Who::Myself if matches!(rpc, "GetUser" | "UpdateUser" | "BatchUpdateUsers" | "ListUserRevisions") => Code::Ok,
+        _ => Code::PermissionDenied,
+    }
+}
+
+fn rpc_call(rpc: &'static str, target: &str, n: usize) -> Call {
+    let id = target.to_owned();
+    match rpc {
+        "CreateUser" => call(
+            rpc,
+            pb::CreateUserRequest {
+                user: Some(user(&format!("new{n}@example.com"))),
+                ..Default::default()
+            },
+            Method::POST,
+            "/v1/users",
+            Some(json!({"email": format!("new{n}@example.com")})),
+        ),
+        "GetUser" => call(
+            rpc,
+            pb::GetUserRequest { id: id.clone() },
+            Method::GET,
+            format!("/v1/users/{id}"),
+            None,
+        ),
+        "LookupUser" => call(
+            rpc,
+            pb::LookupUserRequest {
+                email: "me@example.com".into(),
+                username: String::new(),
+            },
+            Method::GET,
+            "/v1/users:lookup?email=me%40example.com",
+            None,
+        ),
+        "ListUsers" => call(rpc, pb::ListUsersRequest::default(), Method::GET, "/v1/users", None),
+        "UpdateUser" => call(
+            rpc,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: id.clone(),
+                    given_name: format!("n{n}"),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["given_name"]),
+                ..Default::default()
+            },
+            Method::PATCH,
+            format!("/v1/users/{id}"),
+            Some(json!({"givenName": format!("n{n}")})),
+        ),
+        "DisableUser" => call(
+            rpc,
+            pb::DisableUserRequest {
+                id: id.clone(),
+                reason: "r".into(),
+                etag: String::new(),
+            },
+            Method::POST,
+            format!("/v1/users/{id}:disable"),
+            Some(json!({"reason": "r"})),
+        ),
+        "EnableUser" => call(
+            rpc,
+            pb::EnableUserRequest {
+                id: id.clone(),
+                etag: String::new(),
+            },
+            Method::POST,
+            format!("/v1/users/{id}:enable"),
+            Some(json!({})),
+        ),
+        "DeleteUser" => call(
+            rpc,
+            pb::DeleteUserRequest {
+                id: id.clone(),
+                etag: String::new(),
+            },
+            Method::DELETE,
+            format!("/v1/users/{id}"),
+            None,
+        ),
+        "UndeleteUser" => call(
+            rpc,
+            pb::UndeleteUserRequest {
+                id: id.clone(),
+                etag: String::new(),
+            },
+            Method::POST,
+            format!("/v1/users/{id}:undelete"),
+            Some(json!({})),
+        ),
+        "BatchUpdateUsers" => call(
+            rpc,
+            pb::BatchUpdateUsersRequest {
+                requests: vec![pb::UpdateUserRequest {
+                    user: Some(pb::User {
+                        id: id.clone(),
+                        description: format!("b{n}"),
+                        ..Default::default()
+                    }),
+                    update_mask: mask(&["description"]),
+                    ..Default::default()
+                }],
+            },
+            Method::POST,
+            "/v1/users:batchUpdate",
+            Some(
+                json!({"requests": [{"user": {"id": id, "description": format!("b{n}")}, "updateMask": "description"}]}),
+            ),
+        ),
+        _ => call(
+            rpc,
+            pb::ListUserRevisionsRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+            Method::GET,
+            format!("/v1/users/{id}/revisions"),
+            None,
+        ),
+    }
+}
+
+fn code_of(outcome: &Outcome) -> Code {
+    match outcome {
+        Outcome::Ok(_) => Code::Ok,
+        Outcome::Err { code, .. } => Code::from_i32(*code),
+    }
+}
+
+async fn every_rpc_against_every_caller(app_default: TestApp) {
+    // This test needs an audience; the default app has none, so start one beside it on the same backend kind.
+    let backend = if app_default.database_url.starts_with("postgres") {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    };
+    drop(app_default);
+    let Some(app) = TestApp::start_with(backend, |c| c.auth.jwt_audience = Some(AUDIENCE.into())).await else {
+        return;
+    };
+    let admin_token = sign(TEST_SECRET, "ops", "users.admin", 3600, Some(AUDIENCE));
+    let admin = Harness::new(&app, Some(admin_token.clone()));
+    let created = admin
+        .invoke(
+            Protocol::Grpc,
+            &call(
+                "CreateUser",
+                pb::CreateUserRequest {
+                    user: Some(user("me@example.com")),
+                    ..Default::default()
+                },
+                Method::POST,
+                "/v1/users",
+                None,
+            ),
+        )
+        .await;
+    let Outcome::Ok(me) = created else {
+        panic!("setup: {created:?}")
+    };
+    let me = me["id"].as_str().expect("id").to_owned();
+    let other = uuid::Uuid::now_v7().to_string();
+    let token_of = |who: Who| -> Option<String> {
+        match who {
+            Who::NoToken => None,
+            Who::Expired => Some(sign(TEST_SECRET, &me, "", -3600, Some(AUDIENCE))),
+            Who::WrongSignature => Some(sign("not-the-secret", &me, "users.admin", 3600, Some(AUDIENCE))),
+            Who::WrongAudience => Some(sign(TEST_SECRET, &me, "users.admin", 3600, Some("another-service"))),
+            Who::Myself => Some(sign(TEST_SECRET, &me, "", 3600, Some(AUDIENCE))),
+            Who::OtherUser => Some(sign(TEST_SECRET, &other, "", 3600, Some(AUDIENCE))),
+            Who::Reader => Some(sign(TEST_SECRET, "auditor", "users.read", 3600, Some(AUDIENCE))),
+            Who::Admin => Some(admin_token.clone()),
+        }
+    };
+    let mut n = 0;
+    let mut cells = 0;
+    for who in EVERYONE {
+        let harness = Harness::new(&app, token_of(who));
+        for rpc in RPCS {
+            let want = expected(who, rpc);
+            // A successful lifecycle change cannot repeat (a second delete is refused), so those run once, over
+            // gRPC; every other cell runs over every protocol.
+            let once = want == Code::Ok && matches!(rpc, "DisableUser" | "EnableUser" | "DeleteUser" | "UndeleteUser");
+            for protocol in PROTOCOLS.iter().filter(|p| !once || **p == Protocol::Grpc) {
+                n += 1;
+                let outcome = harness.invoke(*protocol, &rpc_call(rpc, &me, n)).await;
+                assert_eq!(code_of(&outcome), want, "{who:?} {rpc} over {protocol:?}: {outcome:?}");
+                cells += 1;
+            }
+        }
+    }
+    assert!(cells > 400, "the matrix ran {cells} cells");
+
+    // A non-administrator probing an unknown id is refused exactly like for an existing one.
+    let stranger = Harness::new(&app, token_of(Who::OtherUser));
+    for target in [me.clone(), uuid::Uuid::now_v7().to_string()] {
+        let outcome = stranger.invoke(Protocol::Rest, &rpc_call("GetUser", &target, 0)).await;
+        assert_eq!(code_of(&outcome), Code::PermissionDenied, "{target}");
+    }
+
+    // REST refusals say how to authenticate.
+    let http = HttpClient::with_token(app.addr, None);
+    let response = http.rest(Method::GET, &format!("/v1/users/{me}"), None, &[]).await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        response
+            .headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer"))
+    );
+    let expired = HttpClient::with_token(app.addr, token_of(Who::Expired));
+    let message = expired
+        .rest(Method::GET, &format!("/v1/users/{me}"), None, &[])
+        .await
+        .json()["error"]["message"]
+        .clone();
+    assert_eq!(message, "the token has expired");
+
+    // Revisions name the caller's sub as the actor.
+    let revisions = admin
+        .invoke(Protocol::Rest, &rpc_call("ListUserRevisions", &me, 0))
+        .await;
+    let actors: Vec<String> = match &revisions {
+        Outcome::Ok(v) => v["revisions"]
+            .as_array()
+            .expect("revisions")
+            .iter()
+            .map(|r| r["actor"].as_str().unwrap_or("").to_owned())
+            .collect(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        actors.contains(&me),
+        "self updates are recorded as the user: {actors:?}"
+    );
+    assert!(actors.contains(&"ops".to_owned()));
+}
+
+async fn self_service_cannot_touch_privileged_fields(app: TestApp) {
+    let mut admin = app.client.clone();
+    let me = create(
+        &mut admin,
+        pb::User {
+            email: "self@example.com".into(),
+            roles: vec!["staff".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let someone = create(&mut admin, user("someone@example.com")).await;
+    let my_token = token(&me.id, &[]);
+    let http = HttpClient::with_token(app.addr, Some(my_token.clone()));
+    let mut mine = app.client_with(Some(my_token)).await;
+
+    // PATCH with an inferred mask naming roles: 403 naming the field, nothing written.
+    let response = http
+        .rest(
+            Method::PATCH,
+            &format!("/v1/users/{}", me.id),
+            Some(json!({"givenName": "Me", "roles": ["admin"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    let body = response.json();
+    let fields: Vec<String> = body["error"]["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .filter(|d| d["@type"] == "type.googleapis.com/google.rpc.BadRequest")
+        .flat_map(|d| d["fieldViolations"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v["field"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(fields, vec!["user.roles"]);
+
+    // Explicit masks, over gRPC, the same.
+    for paths in [
+        vec!["memberships"],
+        vec!["valid_from"],
+        vec!["expire_time", "given_name"],
+    ] {
+        let status = expect_code(
+            update(
+                &mut mine,
+                pb::User {
+                    id: me.id.clone(),
+                    ..Default::default()
+                },
+                &paths,
+            )
+            .await,
+            Code::PermissionDenied,
+        );
+        assert_eq!(reason(&status), "PRIVILEGED_FIELD");
+    }
+
+    // PUT (`*`) that would reset roles is refused; one that keeps them is allowed.
+    let reset = http
+        .rest(
+            Method::PUT,
+            &format!("/v1/users/{}", me.id),
+            Some(json!({"email": "self@example.com"})),
+            &[],
+        )
+        .await;
+    assert_eq!(reset.status, StatusCode::FORBIDDEN, "{:?}", reset.json());
+    let keep = http
+        .rest(
+            Method::PUT,
+            &format!("/v1/users/{}", me.id),
+            Some(json!({"email": "self@example.com", "roles": ["staff"], "givenName": "Kept"})),
+            &[],
+        )
+        .await;
+    assert_eq!(keep.status, StatusCode::OK, "{:?}", keep.json());
+
+    // A batch mixing an allowed item and a denied one applies nothing.
+    let item = |id: &str, description: &str| pb::UpdateUserRequest {
+        user: Some(pb::User {
+            id: id.into(),
+            description: description.into(),
+            ..Default::default()
+        }),
+        update_mask: mask(&["description"]),
+        ..Default::default()
+    };
+    let status = expect_code(
+        mine.batch_update_users(pb::BatchUpdateUsersRequest {
+            requests: vec![item(&me.id, "mine"), item(&someone.id, "theirs")],
+        })
+        .await,
+        Code::PermissionDenied,
+    );
+    assert!(status.message().contains("requests[1]"), "{}", status.message());
+    let mut privileged = item(&me.id, "x");
+    privileged.update_mask = mask(&["roles"]);
+    expect_code(
+        mine.batch_update_users(pb::BatchUpdateUsersRequest {
+            requests: vec![item(&me.id, "mine"), privileged],
+        })
+        .await,
+        Code::PermissionDenied,
+    );
+    let now = admin
+        .get_user(pb::GetUserRequest { id: me.id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(now.description, "", "nothing of the refused batches was applied");
+    assert_eq!(now.roles, vec!["staff".to_owned()]);
+    assert_eq!(now.given_name, "Kept");
+
+    // allow_missing creation by a self-service caller may not grant itself roles.
+    let new_id = uuid::Uuid::now_v7().to_string();
+    let mut newcomer = app.client_with(Some(token(&new_id, &[]))).await;
+    let status = expect_code(
+        newcomer
+            .update_user(pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: new_id.clone(),
+                    email: "newcomer@example.com".into(),
+                    roles: vec!["admin".into()],
+                    ..Default::default()
+                }),
+                allow_missing: true,
+                update_mask: mask(&["email"]),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(violation_fields(&status), vec!["user.roles"]);
+    expect_code(admin.get_user(pb::GetUserRequest { id: new_id }).await, Code::NotFound);
+}
+
+async fn password_changes_need_the_current_password(app: TestApp) {
+    let mut admin = app.client.clone();
+    let me = create(
+        &mut admin,
+        pb::User {
+            email: "pw@example.com".into(),
+            password: "First-Pass1".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut mine = app.client_with(Some(token(&me.id, &[]))).await;
+    let change = |current: &str, new: &str| pb::UpdateUserRequest {
+        user: Some(pb::User {
+            id: me.id.clone(),
+            password: new.into(),
+            ..Default::default()
+        }),
+        update_mask: mask(&["password"]),
+        current_password: current.into(),
+        ..Default::default()
+    };
+    let status = expect_code(
+        mine.update_user(change("", "Second-Pass2")).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(violation_fields(&status), vec!["current_password"]);
+    let status = expect_code(
+        mine.update_user(change("wrong", "Second-Pass2")).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(reason(&status), "WRONG_PASSWORD");
+    mine.update_user(change("First-Pass1", "Second-Pass2"))
+        .await
+        .expect("right current password");
+    // Administrators need no current password.
+    admin.update_user(change("", "Third-Pass3")).await.expect("admin reset");
+    // Guessing is limited: after a few wrong answers even the right one waits.
+    for _ in 0..4 {
+        expect_code(
+            mine.update_user(change("guess", "Fourth-Pass4")).await,
+            Code::PermissionDenied,
+        );
+    }
+    let status = expect_code(
+        mine.update_user(change("Third-Pass3", "Fourth-Pass4")).await,
+        Code::ResourceExhausted,
+    );
+    assert!(status.message().contains("too many"), "{}", status.message());
+    // Other callers are not affected.
+    admin
+        .get_user(pb::GetUserRequest { id: me.id.clone() })
+        .await
+        .expect("admin still served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_and_spare_other_callers() {
+    let app = TestApp::start_with(Backend::Sqlite, |c| {
+        c.rate_limit = 0.5;
+        c.rate_burst = 3;
+    })
+    .await
+    .expect("sqlite");
+    let noisy = HttpClient::with_token(app.addr, Some(token("noisy", &["users.read"])));
+    let mut last = None;
+    for _ in 0..4 {
+        last = Some(noisy.rest(Method::GET, "/v1/users", None, &[]).await);
+    }
+    let refused = last.expect("responses");
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.json()["error"]["status"], "RESOURCE_EXHAUSTED");
+    assert!(
+        refused
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s >= 1))
+    );
+    assert_eq!(
+        refused.headers.get("ratelimit-limit").and_then(|v| v.to_str().ok()),
+        Some("3")
+    );
+    assert_eq!(
+        refused.headers.get("ratelimit-remaining").and_then(|v| v.to_str().ok()),
+        Some("0")
+    );
+    // Over gRPC the same caller is refused with RESOURCE_EXHAUSTED…
+    let mut noisy_grpc = app.client_with(Some(token("noisy", &["users.read"]))).await;
+    expect_code(
+        noisy_grpc.list_users(pb::ListUsersRequest::default()).await,
+        Code::ResourceExhausted,
+    );
+    // …while another caller is served, and sees its own budget.
+    let quiet = HttpClient::with_token(app.addr, Some(token("quiet", &["users.read"])));
+    let served = quiet.rest(Method::GET, "/v1/users", None, &[]).await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(
+        served.headers.get("ratelimit-remaining").and_then(|v| v.to_str().ok()),
+        Some("2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_deeply_nested_input_is_refused_and_the_server_keeps_serving() {
+    let app = TestApp::start_with(Backend::Sqlite, |c| c.max_message_bytes = 64 * 1024)
+        .await
+        .expect("sqlite");
+    let mut c = app.client.clone();
+    let big = pb::User {
+        email: "big@example.com".into(),
+        description: "x".repeat(100 * 1024),
+        ..Default::default()
+    };
+    let status = c
+        .create_user(pb::CreateUserRequest {
+            user: Some(big),
+            ..Default::default()
+        })
+        .await
+        .expect_err("too big");
+    assert!(
+        matches!(
+            status.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{status:?}"
+    );
+    let http = HttpClient::new(app.addr);
+    let big_body = http
+        .send(
+            false,
+            Method::POST,
+            "/v1/users",
+            &[("content-type", "application/json")],
+            vec![b' '; 200 * 1024],
+        )
+        .await;
+    assert_eq!(big_body.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let nested = format!(
+        "{{\"email\": \"n@example.com\", \"attributes\": {}1{}}}",
+        "{\"a\":".repeat(200),
+        "}".repeat(200)
+    );
+    let response = http
+        .send(
+            false,
+            Method::POST,
+            "/v1/users",
+            &[("content-type", "application/json")],
+            nested,
+        )
+        .await;
+    assert_eq!(
+        response.status,
+        StatusCode::BAD_REQUEST,
+        "{:?}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let nested = format!("{{\"attributes\": {}1{}}}", "{\"a\":".repeat(50), "}".repeat(50));
+    let response = http
+        .send(
+            false,
+            Method::POST,
+            "/v1/users",
+            &[("content-type", "application/json")],
+            nested,
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(
+        response.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nested deeper than 32")
+    );
+    let nested = format!(
+        "{{\"email\": \"n@example.com\", \"attributes\": {}1{}}}",
+        "{\"a\":".repeat(25),
+        "}".repeat(25)
+    );
+    let response = http
+        .send(
+            false,
+            Method::POST,
+            "/v1/users",
+            &[("content-type", "application/json")],
+            nested,
+        )
+        .await;
+    assert_eq!(
+        response.status,
+        StatusCode::BAD_REQUEST,
+        "attributes deeper than 20 levels"
+    );
+    assert!(
+        response.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("attributes")
+    );
+    // Still serving.
+    create(&mut c, user("after@example.com")).await;
+}
+
+async fn passwords_and_hashes_never_reach_logs_or_answers(app: TestApp) {
+    const CANARY: &str = "Canary-Pa55word!";
+    const NEW_CANARY: &str = "Canary-N3w-Pa55!";
+    let mut admin = app.client.clone();
+    let me = create(
+        &mut admin,
+        pb::User {
+            email: "canary@example.com".into(),
+            password: CANARY.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut answers = format!("{me:?}");
+    let http = HttpClient::with_token(app.addr, Some(token(&me.id, &[])));
+    // A wrong current password, a right one, a refused new one, over REST and gRPC.
+    for (current, new) in [("wrong-Pa55!", NEW_CANARY), (CANARY, "short"), (CANARY, NEW_CANARY)] {
+        let response = http
+            .rest(
+                Method::PATCH,
+                &format!("/v1/users/{}?currentPassword={}", me.id, current),
+                Some(json!({"password": new})),
+                &[],
+            )
+            .await;
+        answers.push_str(&String::from_utf8_lossy(&response.body));
+    }
+    let revisions = admin
+        .list_user_revisions(pb::ListUserRevisionsRequest {
+            id: me.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("revisions")
+        .into_inner();
+    answers.push_str(&format!("{revisions:?}"));
+    let listed = http
+        .rest(Method::GET, &format!("/v1/users/{}/revisions", me.id), None, &[])
+        .await;
+    answers.push_str(&String::from_utf8_lossy(&listed.body));
+    assert!(answers.contains("[redacted]"), "the revisions were read");
+    let logs = crate::support::captured_logs();
+    assert!(
+        logs.contains(&me.id) || logs.contains("request"),
+        "logs were captured at all"
+    );
+    for secret in [CANARY, NEW_CANARY, "$argon2id$", "wrong-Pa55!"] {
+        assert!(
+            !logs.contains(secret),
+            "a log line contains {secret:?}: {}",
+            logs.lines()
+                .filter(|l| l.contains(secret))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(!answers.contains(secret), "an answer contains {secret:?}");
+    }
+}
