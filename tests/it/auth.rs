@@ -730,3 +730,148 @@ async fn passwords_and_hashes_never_reach_logs_or_answers(app: TestApp) {
         assert!(!answers.contains(secret), "an answer contains {secret:?}");
     }
 }
+
+/// Signs claims with one of the test key pairs of tests/fixtures.
+fn sign_with_fixture(algorithm: jsonwebtoken::Algorithm, kid: &str, pem_file: &str, sub: &str, scopes: &str) -> String {
+    let pem = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(pem_file),
+    )
+    .expect("fixture key");
+    let key = match algorithm {
+        jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+        _ => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+    }
+    .expect("fixture key parses");
+    let mut header = jsonwebtoken::Header::new(algorithm);
+    header.kid = Some(kid.into());
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    let claims = Claims {
+        sub: sub.into(),
+        exp: now + 600,
+        nbf: Some(now - 10),
+        iat: Some(now),
+        scope: scopes.into(),
+        iss: Some("https://issuer.test".into()),
+        aud: None,
+    };
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_and_es256_tokens_verify_against_the_jwks_file() {
+    let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwks.json");
+    let app = TestApp::start_with(Backend::Sqlite, |c| {
+        c.auth.jwks_file = Some(jwks);
+        c.auth.jwt_issuer = Some("https://issuer.test".into());
+    })
+    .await
+    .expect("sqlite");
+    use jsonwebtoken::Algorithm::{ES256, RS256};
+    for (algorithm, kid, pem) in [
+        (RS256, "test-rsa", "rsa-test-key.pem"),
+        (ES256, "test-ec", "ec-test-key.pem"),
+    ] {
+        let mut client = app
+            .client_with(Some(sign_with_fixture(algorithm, kid, pem, "ops", "users.admin")))
+            .await;
+        client
+            .list_users(pb::ListUsersRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("{algorithm:?}: {e:?}"));
+    }
+    let refusals = [
+        (
+            sign_with_fixture(RS256, "unknown-kid", "rsa-test-key.pem", "ops", "users.admin"),
+            "no key with kid",
+        ),
+        (
+            sign_with_fixture(RS256, "test-ec", "rsa-test-key.pem", "ops", "users.admin"),
+            "is not a RS256 key",
+        ),
+        (sign(TEST_SECRET, "ops", "users.admin", 600, None), "has no iss claim"),
+    ];
+    for (bad, why) in refusals {
+        let mut client = app.client_with(Some(bad)).await;
+        let status = expect_code(
+            client.list_users(pb::ListUsersRequest::default()).await,
+            Code::Unauthenticated,
+        );
+        assert!(status.message().contains(why), "{why}: {}", status.message());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_the_time_limit_end_with_deadline_exceeded() {
+    let app = TestApp::start_with(Backend::Sqlite, |c| {
+        c.request_timeout = std::time::Duration::from_millis(1)
+    })
+    .await
+    .expect("sqlite");
+    // Hashing a password (Argon2id) takes far longer than the 1 ms limit.
+    let mut c = app.client.clone();
+    let slow = pb::User {
+        email: "slow@example.com".into(),
+        password: "Slow-Hash-1!".into(),
+        ..Default::default()
+    };
+    expect_code(
+        c.create_user(pb::CreateUserRequest {
+            user: Some(slow),
+            ..Default::default()
+        })
+        .await,
+        Code::DeadlineExceeded,
+    );
+    let response = HttpClient::new(app.addr)
+        .rest(
+            Method::POST,
+            "/v1/users",
+            Some(json!({"email": "slow2@example.com", "password": "Slow-Hash-1!"})),
+            &[],
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(response.json()["error"]["status"], "DEADLINE_EXCEEDED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start_with(Backend::Sqlite, |c| {
+        c.header_timeout = std::time::Duration::from_millis(300)
+    })
+    .await
+    .expect("sqlite");
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    slow.write_all(b"GET /v1/users HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("partial headers");
+    let mut buffer = [0u8; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), slow.read(&mut buffer)).await;
+    assert!(
+        read.is_ok(),
+        "the server closes the connection instead of waiting forever"
+    );
+    // Meanwhile others are served.
+    let response = HttpClient::new(app.addr)
+        .rest(Method::GET, "/v1/users", None, &[])
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let mut c = app.client.clone();
+    let too_long: Vec<String> = (0..1001).map(|i| format!("labels.k{i}")).collect();
+    let status = expect_code(
+        c.update_user(pb::UpdateUserRequest {
+            user: Some(pb::User {
+                id: uuid::Uuid::now_v7().to_string(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: too_long }),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(violation_fields(&status), vec!["update_mask"]);
+}

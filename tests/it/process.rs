@@ -136,3 +136,77 @@ async fn sigterm_shuts_down_cleanly() {
     let status = exited.expect("server exited within 10 s of SIGTERM");
     assert!(status.success(), "clean exit, got {status:?}");
 }
+
+/// With no secret configured, the first start creates one (mode 0600) in the data folder, later starts reuse
+/// it, and `user-service token` signs tokens the server accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_creates_a_secret_and_token_signs_with_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let url = format!("sqlite://{}", data.join("users.db").display());
+    let start = |port: u16| {
+        Command::new(env!("CARGO_BIN_EXE_user-service"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                &url,
+            ])
+            .env("USER_SERVICE_DATA_DIR", &data)
+            .env_remove("USER_SERVICE_JWT_SECRET")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("binary starts")
+    };
+    let port = free_port();
+    let mut child = start(port);
+    let _ = connect(port).await;
+    let secret = data.join("jwt-secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret).expect("secret file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let first = std::fs::read_to_string(&secret).expect("secret");
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+
+    let port = free_port();
+    let mut child = start(port);
+    let _ = connect(port).await;
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("secret"),
+        first,
+        "reused, not replaced"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_user-service"))
+        .args(["token", "--sub", "ops", "--scope", "users.admin", "--ttl", "5m"])
+        .env("USER_SERVICE_DATA_DIR", &data)
+        .env_remove("USER_SERVICE_JWT_SECRET")
+        .output()
+        .expect("token command");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let token = String::from_utf8(output.stdout).expect("utf-8").trim().to_owned();
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = UserServiceClient::with_interceptor(channel.clone(), BearerToken(Some(token)));
+    client
+        .list_users(pb::ListUsersRequest::default())
+        .await
+        .expect("the minted token is accepted");
+    let mut forged = UserServiceClient::with_interceptor(channel, BearerToken(Some(admin_token())));
+    let refused = forged
+        .list_users(pb::ListUsersRequest::default())
+        .await
+        .expect_err("another secret");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+}
