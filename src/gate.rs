@@ -15,6 +15,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::api::status::ERROR_DOMAIN;
 use crate::auth::{Verifier, bearer_token};
 use crate::limits::{Admission, RateLimiter};
+use crate::metrics::{Metrics, Protocol};
 use crate::transcode::errors::status_response;
 
 /// gRPC services any client may call without a token.
@@ -29,6 +30,7 @@ const OPEN_SERVICES: [&str; 3] = [
 pub struct PeerAddr(pub SocketAddr);
 
 pub struct Gate {
+    pub metrics: Arc<Metrics>,
     pub verifier: Verifier,
     pub limiter: RateLimiter,
     pub request_timeout: Duration,
@@ -71,6 +73,11 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
         return next.run(request).await;
     }
     let grpc = is_grpc(&request);
+    let protocol = request
+        .extensions()
+        .get::<Protocol>()
+        .copied()
+        .unwrap_or(Protocol::Rest);
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -97,6 +104,7 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
                     d.add_quota_failure_violation(key.clone(), "requests per caller");
                 },
             );
+            gate.metrics.record_refusal(protocol, "RATE_LIMITED");
             let mut response = refuse(grpc, &refused);
             set_rate_headers(&mut response, limit, 0);
             response
@@ -108,6 +116,7 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
     let caller = match caller {
         Ok(caller) => caller,
         Err(e) => {
+            gate.metrics.record_refusal(protocol, "UNAUTHENTICATED");
             let refused = status(Code::Unauthenticated, e.0, "UNAUTHENTICATED", |_| {});
             let mut response = refuse(grpc, &refused);
             if !grpc {
@@ -122,15 +131,18 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
     request.extensions_mut().insert(caller);
     let mut response = match tokio::time::timeout(gate.request_timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => refuse(
-            grpc,
-            &status(
-                Code::DeadlineExceeded,
-                format!("the request took longer than {} ms", gate.request_timeout.as_millis()),
-                "REQUEST_TIMEOUT",
-                |_| {},
-            ),
-        ),
+        Err(_) => {
+            gate.metrics.record_refusal(protocol, "TIMEOUT");
+            refuse(
+                grpc,
+                &status(
+                    Code::DeadlineExceeded,
+                    format!("the request took longer than {} ms", gate.request_timeout.as_millis()),
+                    "REQUEST_TIMEOUT",
+                    |_| {},
+                ),
+            )
+        }
     };
     set_rate_headers(&mut response, limit, remaining);
     response

@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod gate;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod transcode;

@@ -30,6 +30,7 @@ use crate::auth::Verifier;
 use crate::config::ServeConfig;
 use crate::gate::{Gate, PeerAddr};
 use crate::limits::RateLimiter;
+use crate::metrics::{Metrics, Protocol};
 use crate::pb;
 use crate::pb::user_service_server::UserServiceServer;
 use crate::store::Store;
@@ -61,7 +62,8 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
     let options = config.database.store_options();
     let store = tokio::task::spawn_blocking(move || Store::open(&options)).await??;
 
-    let user_service = UserServiceServer::new(UserServiceImpl::new(store.clone()))
+    let metrics = Arc::new(Metrics::default());
+    let user_service = UserServiceServer::new(UserServiceImpl::new(store.clone(), metrics.clone()))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -72,10 +74,13 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
 
     let health_task = tokio::spawn({
         let store = store.clone();
+        let metrics = metrics.clone();
         async move {
             let mut last = None;
             loop {
-                let status = if store.ping().await {
+                let up = store.ping().await;
+                metrics.set_database_up(up);
+                let status = if up {
                     ServingStatus::Serving
                 } else {
                     ServingStatus::NotServing
@@ -125,6 +130,7 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         );
     }
     let gate = Arc::new(Gate {
+        metrics: metrics.clone(),
         verifier,
         limiter: RateLimiter::new(config.rate_limit, config.rate_burst),
         request_timeout: config.request_timeout,
@@ -155,6 +161,13 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz).with_state(store.clone()))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }
+            }),
+        )
         .route(
             "/openapi.json",
             get(move || {
@@ -196,13 +209,25 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    async fn call(self, request: Request) -> Response {
-        let is_grpc = request
+    async fn call(self, mut request: Request) -> Response {
+        let content_type = request
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
-        let service = if is_grpc { self.grpc } else { self.rest };
+            .unwrap_or("");
+        let protocol = if content_type.starts_with("application/grpc-web") {
+            Protocol::GrpcWeb
+        } else if content_type.starts_with("application/grpc") {
+            Protocol::Grpc
+        } else {
+            Protocol::Rest
+        };
+        request.extensions_mut().insert(protocol);
+        let service = if protocol == Protocol::Rest {
+            self.rest
+        } else {
+            self.grpc
+        };
         match service.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},

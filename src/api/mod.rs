@@ -17,9 +17,11 @@ use crate::domain::permission::{self, Rpc};
 use crate::domain::user::{User, UserFields};
 use crate::domain::{filter, password, validate};
 use crate::limits::RateLimiter;
+use crate::metrics::{Metrics, Protocol};
 use crate::pb;
 use crate::pb::user_service_server::UserService;
 use crate::store::{Cursor, ListQuery, Mutation, OrderBy, OrderField, Store};
+use crate::transcode::errors::code_name;
 use convert::{fields_from_proto, revision_to_proto, user_to_proto};
 use page_token::PageToken;
 
@@ -33,14 +35,16 @@ pub const MAX_BATCH_SIZE: usize = 1000;
 #[derive(Clone)]
 pub struct UserServiceImpl {
     store: Store,
+    metrics: std::sync::Arc<Metrics>,
     /// Wrong current passwords per caller.
     password_attempts: std::sync::Arc<RateLimiter>,
 }
 
 impl UserServiceImpl {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, metrics: std::sync::Arc<Metrics>) -> Self {
         UserServiceImpl {
             store,
+            metrics,
             password_attempts: std::sync::Arc::new(RateLimiter::new(PASSWORD_ATTEMPTS_PER_SECOND, PASSWORD_ATTEMPTS)),
         }
     }
@@ -69,18 +73,33 @@ impl CallContext {
     }
 }
 
-/// Runs one RPC body and converts its error, so each method reads as its logic alone.
-async fn handle<T, R, F, Fut>(request: Request<T>, body: F) -> Result<Response<R>, Status>
-where
-    F: FnOnce(CallContext, T) -> Fut,
-    Fut: std::future::Future<Output = Result<R, Error>>,
-{
-    let ctx = CallContext::of(&request);
-    let request_id = ctx.request_id.clone();
-    body(ctx, request.into_inner())
-        .await
-        .map(Response::new)
-        .map_err(|e| status::to_status(e, &request_id))
+impl UserServiceImpl {
+    /// Runs one RPC body, converts its error and records its metrics, so each method reads as its logic alone.
+    async fn handle<T, R, F, Fut>(&self, rpc: &'static str, request: Request<T>, body: F) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(CallContext, T) -> Fut,
+        Fut: std::future::Future<Output = Result<R, Error>>,
+    {
+        let started = std::time::Instant::now();
+        let protocol = request
+            .extensions()
+            .get::<Protocol>()
+            .copied()
+            .unwrap_or(Protocol::Grpc);
+        let ctx = CallContext::of(&request);
+        let request_id = ctx.request_id.clone();
+        let result = body(ctx, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| status::to_status(e, &request_id));
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.metrics
+            .record_rpc(rpc, protocol, code_name(code), started.elapsed());
+        result
+    }
 }
 
 /// Checks a new password against the policy and hashes it off the async runtime.
@@ -318,7 +337,7 @@ fn single(users: Vec<User>) -> Result<pb::User, Error> {
 #[tonic::async_trait]
 impl UserService for UserServiceImpl {
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
-        handle(request, |ctx, req| async move {
+        self.handle("CreateUser", request, |ctx, req| async move {
             permission::authorize(&ctx.caller, Rpc::CreateUser, None)?;
             let Some(user) = req.user else {
                 return Err(Error::invalid_field("user", "is required"));
@@ -358,7 +377,7 @@ impl UserService for UserServiceImpl {
     }
 
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
-        handle(request, |ctx, req| async move {
+        self.handle("GetUser", request, |ctx, req| async move {
             let id = change::parse_id(&req.id, "id")?;
             permission::authorize(&ctx.caller, Rpc::GetUser, Some(id))?;
             match self.store.get(id).await? {
@@ -370,7 +389,7 @@ impl UserService for UserServiceImpl {
     }
 
     async fn lookup_user(&self, request: Request<pb::LookupUserRequest>) -> Result<Response<pb::User>, Status> {
-        handle(request, |ctx, req| async move {
+        self.handle("LookupUser", request, |ctx, req| async move {
             permission::authorize(&ctx.caller, Rpc::LookupUser, None)?;
             if req.email.is_empty() && req.username.is_empty() {
                 return Err(Error::invalid(vec![
@@ -411,7 +430,7 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        handle(request, |ctx, req| async move {
+        self.handle("ListUsers", request, |ctx, req| async move {
             permission::authorize(&ctx.caller, Rpc::ListUsers, None)?;
             let mut violations = Vec::new();
             let limit = page_size(req.page_size).map_err(|e| violations.push(e)).ok();
@@ -458,7 +477,7 @@ impl UserService for UserServiceImpl {
     }
 
     async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
-        handle(request, |ctx, req| async move {
+        self.handle("UpdateUser", request, |ctx, req| async move {
             let validate_only = req.validate_only;
             let (id, decide) = self.prepare_update(&ctx.caller, req, "").await?;
             let users = self
@@ -479,7 +498,7 @@ impl UserService for UserServiceImpl {
     }
 
     async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Result<Response<pb::User>, Status> {
-        handle(request, |ctx, req| async move {
+        self.handle("DeleteUser", request, |ctx, req| async move {
             let etag = req.etag;
             transition(&self.store, &ctx, Rpc::DeleteUser, &req.id, move |u, now| {
                 change::delete(u, &etag, now)
@@ -490,7 +509,7 @@ impl UserService for UserServiceImpl {
     }
 
     async fn undelete_user(&self, request: Request<pb::UndeleteUserRequest>) -> Result<Response<pb::User>, Status> {
-        handle(request, |ctx, req| async move {
+        self.handle("UndeleteUser", request, |ctx, req| async move {
             let etag = req.etag;
             transition(&self.store, &ctx, Rpc::UndeleteUser, &req.id, move |u, _| {
                 change::undelete(u, &etag)
@@ -501,7 +520,7 @@ impl UserService for UserServiceImpl {
     }
 
     async fn disable_user(&self, request: Request<pb::DisableUserRequest>) -> Result<Response<pb::User>, Status> {
-        handle(request, |ctx, req| async move {
+        self.handle("DisableUser", request, |ctx, req| async move {
             let (etag, reason) = (req.etag, req.reason);
             transition(&self.store, &ctx, Rpc::DisableUser, &req.id, move |u, _| {
                 change::disable(u, &reason, &etag)
@@ -512,7 +531,7 @@ impl UserService for UserServiceImpl {
     }
 
     async fn enable_user(&self, request: Request<pb::EnableUserRequest>) -> Result<Response<pb::User>, Status> {
-        handle(request, |ctx, req| async move {
+        self.handle("EnableUser", request, |ctx, req| async move {
             let etag = req.etag;
             transition(&self.store, &ctx, Rpc::EnableUser, &req.id, move |u, _| {
                 change::enable(u, &etag)
@@ -526,7 +545,7 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::BatchUpdateUsersRequest>,
     ) -> Result<Response<pb::BatchUpdateUsersResponse>, Status> {
-        handle(request, |ctx, req| async move {
+        self.handle("BatchUpdateUsers", request, |ctx, req| async move {
             if req.requests.len() > MAX_BATCH_SIZE {
                 return Err(Error::invalid_field(
                     "requests",
@@ -572,7 +591,7 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::ListUserRevisionsRequest>,
     ) -> Result<Response<pb::ListUserRevisionsResponse>, Status> {
-        handle(request, |ctx, req| async move {
+        self.handle("ListUserRevisions", request, |ctx, req| async move {
             let id = change::parse_id(&req.id, "id")?;
             permission::authorize(&ctx.caller, Rpc::ListUserRevisions, Some(id))?;
             let limit = page_size(req.page_size)?;

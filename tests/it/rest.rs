@@ -356,6 +356,28 @@ async fn probes_and_openapi_are_served() {
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
     assert!(doc["paths"]["/v1/users/{id}"]["patch"].is_object());
     assert!(doc["paths"]["/v1/users:batchUpdate"]["post"].is_object());
+
+    // Metrics count calls per RPC, protocol and code, and refusals at the gate; no token needed.
+    let mut c = app.client.clone();
+    c.list_users(user_service::pb::ListUsersRequest::default())
+        .await
+        .expect("grpc list");
+    http.rest(Method::GET, "/v1/users", None, &[]).await;
+    HttpClient::with_token(app.addr, None)
+        .rest(Method::GET, "/v1/users", None, &[])
+        .await;
+    let metrics = HttpClient::with_token(app.addr, None)
+        .send(false, Method::GET, "/metrics", &[], Vec::new())
+        .await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for line in [
+        "user_service_rpc_duration_seconds_count{rpc=\"ListUsers\",protocol=\"grpc\",code=\"OK\"} 1",
+        "user_service_rpc_duration_seconds_count{rpc=\"ListUsers\",protocol=\"rest\",code=\"OK\"} 1",
+        "user_service_refused_total{protocol=\"rest\",reason=\"UNAUTHENTICATED\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,147 @@
+//! Prometheus metrics: per RPC, protocol and status code, a request count and a latency histogram; refusals at
+//! the gate; whether the database answers. Rendered in the text exposition format at `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
+
+/// The protocol a request came in by, put in the request extensions by the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protocol {
+    Grpc,
+    GrpcWeb,
+    Rest,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::GrpcWeb => "grpc-web",
+            Protocol::Rest => "rest",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    rpcs: Mutex<BTreeMap<(&'static str, Protocol, &'static str), Histogram>>,
+    refused: Mutex<BTreeMap<(Protocol, &'static str), u64>>,
+    database_up: AtomicBool,
+}
+
+impl Metrics {
+    pub fn record_rpc(&self, rpc: &'static str, protocol: Protocol, code: &'static str, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let mut rpcs = self.rpcs.lock().unwrap_or_else(|p| p.into_inner());
+        let h = rpcs.entry((rpc, protocol, code)).or_default();
+        h.count += 1;
+        h.sum += seconds;
+        for (bucket, bound) in h.buckets.iter_mut().zip(BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    /// A call refused before it reached the service (`UNAUTHENTICATED`, `RATE_LIMITED`, `TIMEOUT`).
+    pub fn record_refusal(&self, protocol: Protocol, reason: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((protocol, reason))
+            .or_default() += 1;
+    }
+
+    pub fn set_database_up(&self, up: bool) {
+        self.database_up.store(up, Ordering::Relaxed);
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP user_service_rpc_duration_seconds Time to answer an RPC, by protocol and status code."
+        );
+        let _ = writeln!(out, "# TYPE user_service_rpc_duration_seconds histogram");
+        for ((rpc, protocol, code), h) in self.rpcs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let labels = format!("rpc=\"{rpc}\",protocol=\"{}\",code=\"{code}\"", protocol.name());
+            for (count, bound) in h.buckets.iter().zip(BUCKETS) {
+                let _ = writeln!(
+                    out,
+                    "user_service_rpc_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "user_service_rpc_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(out, "user_service_rpc_duration_seconds_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(out, "user_service_rpc_duration_seconds_count{{{labels}}} {}", h.count);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP user_service_refused_total Calls refused before reaching the service."
+        );
+        let _ = writeln!(out, "# TYPE user_service_refused_total counter");
+        for ((protocol, reason), n) in self.refused.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "user_service_refused_total{{protocol=\"{}\",reason=\"{reason}\"}} {n}",
+                protocol.name()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP user_service_database_up Whether the database answered the last health check."
+        );
+        let _ = writeln!(out, "# TYPE user_service_database_up gauge");
+        let _ = writeln!(
+            out,
+            "user_service_database_up {}",
+            u8::from(self.database_up.load(Ordering::Relaxed))
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_histograms_and_counters() {
+        let m = Metrics::default();
+        m.record_rpc("GetUser", Protocol::Rest, "OK", Duration::from_millis(3));
+        m.record_rpc("GetUser", Protocol::Rest, "OK", Duration::from_secs(10));
+        m.record_refusal(Protocol::Grpc, "UNAUTHENTICATED");
+        m.set_database_up(true);
+        let text = m.render();
+        assert!(text.contains(
+            "user_service_rpc_duration_seconds_bucket{rpc=\"GetUser\",protocol=\"rest\",code=\"OK\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "user_service_rpc_duration_seconds_bucket{rpc=\"GetUser\",protocol=\"rest\",code=\"OK\",le=\"+Inf\"} 2"
+        ));
+        assert!(
+            text.contains("user_service_rpc_duration_seconds_count{rpc=\"GetUser\",protocol=\"rest\",code=\"OK\"} 2")
+        );
+        assert!(text.contains("user_service_refused_total{protocol=\"grpc\",reason=\"UNAUTHENTICATED\"} 1"));
+        assert!(text.contains("user_service_database_up 1"));
+    }
+}
