@@ -74,26 +74,32 @@ pub fn diff(before: Option<&User>, after: &User, password_changed: bool) -> Diff
                     }
                 }
             }
-            UserField::Attributes => match (&bf.attributes, &af.attributes) {
-                (Some(b), Some(a)) => {
-                    let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
-                    for key in keys {
-                        let (bv, av) = (b.get(key), a.get(key));
-                        if bv != av {
-                            d.record(
-                                format!("attributes.{}", quote_segment(key)),
-                                bv.cloned().unwrap_or(Value::Null),
-                                av.cloned().unwrap_or(Value::Null),
-                            );
-                        }
+            UserField::Attributes => {
+                // Key by key, an absent object counting as empty, so that a first key shows as
+                // `attributes.<key>` like every later one.
+                let empty = Map::new();
+                let (b, a) = (
+                    bf.attributes.as_ref().unwrap_or(&empty),
+                    af.attributes.as_ref().unwrap_or(&empty),
+                );
+                let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+                let before_len = d.paths.len();
+                for key in keys {
+                    let (bv, av) = (b.get(key), a.get(key));
+                    if bv != av {
+                        d.record(
+                            format!("attributes.{}", quote_segment(key)),
+                            bv.cloned().unwrap_or(Value::Null),
+                            av.cloned().unwrap_or(Value::Null),
+                        );
                     }
                 }
-                (b, a) if b != a => {
+                if d.paths.len() == before_len && bf.attributes.is_some() != af.attributes.is_some() {
+                    // Only presence changed (an empty object set or cleared).
                     let to_json = |v: &Option<Map<String, Value>>| v.clone().map_or(Value::Null, Value::Object);
-                    d.record("attributes".into(), to_json(b), to_json(a));
+                    d.record("attributes".into(), to_json(&bf.attributes), to_json(&af.attributes));
                 }
-                _ => {}
-            },
+            }
             _ => {
                 let (b, a) = (field_json(bf, field), field_json(af, field));
                 if b != a {
@@ -222,6 +228,21 @@ mod tests {
         let d = diff(None, &user(), true);
         assert_eq!(d.paths, vec!["email", "labels.team", "password"]);
         assert_eq!(d.before["password"], Value::Null);
+    }
+
+    #[test]
+    fn a_first_attribute_key_is_recorded_by_its_path() {
+        let before = user();
+        let mut after = before.clone();
+        after.fields.attributes = serde_json::json!({"score": 1}).as_object().cloned();
+        assert_eq!(diff(Some(&before), &after, false).paths, vec!["attributes.score"]);
+        let mut emptied = before.clone();
+        emptied.fields.attributes = Some(Map::new());
+        assert_eq!(
+            diff(Some(&before), &emptied, false).paths,
+            vec!["attributes"],
+            "presence alone changed"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod http;
 mod masks;
 mod parity;
 mod process;
+mod reliability;
 mod rest;
 mod rpcs;
 mod validation;
