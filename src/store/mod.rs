@@ -5,6 +5,7 @@ mod connection;
 mod schema;
 mod users;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,11 @@ use crate::domain::change::Outcome;
 use crate::domain::error::{Conflict, Error};
 use crate::domain::revision::Revision;
 use crate::domain::user::{User, to_stored_precision};
+
+/// How long a call waits for a connection while the database is known to be unreachable.
+const UNREACHABLE_WAIT: Duration = Duration::from_millis(250);
+/// How long a health check waits for a connection: a database that takes longer is reported down.
+const PING_WAIT: Duration = Duration::from_millis(1000);
 
 /// How to open the store.
 #[derive(Debug, Clone)]
@@ -47,6 +53,9 @@ pub struct Mutation {
 #[derive(Clone)]
 pub struct Store {
     pool: r2d2::Pool<ConnectionManager>,
+    /// Whether the database answered last time: while it does not, calls wait only briefly for a connection,
+    /// so they fail fast with UNAVAILABLE instead of each waiting the full time-out.
+    reachable: Arc<AtomicBool>,
     /// SQLite has one writer at a time; queueing writers here instead of in SQLite's busy handler (which polls
     /// with sleeps) keeps write latency flat. `None` on PostgreSQL, whose row locks serialize what conflicts.
     sqlite_writer: Option<Arc<Mutex<()>>>,
@@ -101,7 +110,11 @@ impl Store {
             .connection_timeout(options.acquire_timeout)
             .build(manager)
             .map_err(|e| anyhow::anyhow!("opening the connection pool: {e}"))?;
-        Ok(Store { pool, sqlite_writer })
+        Ok(Store {
+            pool,
+            reachable: Arc::new(AtomicBool::new(true)),
+            sqlite_writer,
+        })
     }
 
     /// Runs migrations alone (the `migrate` command).
@@ -123,22 +136,47 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, Error> + Send + 'static,
     {
+        let wait = if self.reachable.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(UNREACHABLE_WAIT)
+        };
+        self.run_waiting(wait, f).await
+    }
+
+    /// [`Store::run`] waiting at most `wait` for a connection (the pool's time-out when `None`), and keeping
+    /// track of whether the database answers.
+    async fn run_waiting<T, F>(&self, wait: Option<Duration>, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, Error> + Send + 'static,
+    {
         let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool
-                .get()
-                .map_err(|e| Error::Unavailable(format!("no database connection: {e}")))?;
+        let result = tokio::task::spawn_blocking(move || {
+            let conn = match wait {
+                Some(wait) => pool.get_timeout(wait),
+                None => pool.get(),
+            };
+            let mut conn = conn.map_err(|e| Error::Unavailable(format!("no database connection: {e}")))?;
             f(&mut conn)
         })
         .await
-        .map_err(|e| Error::internal(format!("database task failed: {e}")))?
+        .map_err(|e| Error::internal(format!("database task failed: {e}")))?;
+        match &result {
+            Err(Error::Unavailable(_)) => self.reachable.store(false, Ordering::Relaxed),
+            Ok(_) => self.reachable.store(true, Ordering::Relaxed),
+            Err(_) => {}
+        }
+        result
     }
 
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
-        self.run(|conn| diesel::connection::SimpleConnection::batch_execute(conn, "SELECT 1").map_err(db_error))
-            .await
-            .is_ok()
+        self.run_waiting(Some(PING_WAIT), |conn| {
+            diesel::connection::SimpleConnection::batch_execute(conn, "SELECT 1").map_err(db_error)
+        })
+        .await
+        .is_ok()
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<User>, Error> {
@@ -257,6 +295,22 @@ fn write_all(conn: &mut DbConnection, actor: &str, mutations: Vec<Mutation>) -> 
     }
 }
 
+/// Messages of a database that went away or is shutting down (libpq and SQLite wording), as opposed to a
+/// query that failed on its own.
+fn is_connection_loss(message: &str) -> bool {
+    const SIGNS: [&str; 8] = [
+        "database is locked",
+        "server closed the connection",
+        "terminating connection",
+        "no connection to the server",
+        "could not connect",
+        "Connection refused",
+        "the database system is shutting down",
+        "the database system is starting up",
+    ];
+    SIGNS.iter().any(|sign| message.contains(sign))
+}
+
 /// A read failure: the row exists but cannot be understood, or the database failed.
 fn read_error(e: DieselError) -> Error {
     db_error(e)
@@ -290,10 +344,10 @@ fn db_error(e: DieselError) -> Error {
                 Error::internal(e)
             }
         }
-        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => Error::Unavailable(e.to_string()),
-        DieselError::DatabaseError(_, info) if info.message().contains("database is locked") => {
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) | DieselError::BrokenTransactionManager => {
             Error::Unavailable(e.to_string())
         }
+        DieselError::DatabaseError(_, info) if is_connection_loss(info.message()) => Error::Unavailable(e.to_string()),
         _ => Error::internal(e),
     }
 }
