@@ -107,6 +107,7 @@ pub struct TestApp {
     /// The database the server uses, for tests that open the store beside it.
     pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
     pg_schema: Option<(String, String)>,
 }
@@ -156,7 +157,7 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             user_service::serve(listener, app, &config, async {
                 let _ = rx.await;
             })
@@ -174,6 +175,7 @@ impl TestApp {
             client,
             database_url,
             shutdown: Some(tx),
+            server: Some(server),
             _dir: dir,
             pg_schema,
         })
@@ -192,6 +194,18 @@ impl TestApp {
             .await
             .expect("client connects");
         UserServiceClient::with_interceptor(channel, BearerToken(token))
+    }
+}
+
+impl TestApp {
+    /// Shuts the server down gracefully (as on SIGTERM) and waits until it has stopped.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task");
+        }
     }
 }
 
