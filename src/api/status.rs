@@ -86,7 +86,9 @@ pub fn to_status(error: Error, request_id: &str) -> Status {
             info(&mut details, "DATABASE_UNAVAILABLE", HashMap::new());
             Status::with_error_details(
                 Code::Unavailable,
-                format!("the service cannot reach its database; retry later (request id {request_id})"),
+                format!(
+                    "the database is unavailable (unreachable, or out of space); retry later (request id {request_id})"
+                ),
                 details,
             )
         }

@@ -295,11 +295,15 @@ fn write_all(conn: &mut DbConnection, actor: &str, mutations: Vec<Mutation>) -> 
     }
 }
 
-/// Messages of a database that went away or is shutting down (libpq and SQLite wording), as opposed to a
-/// query that failed on its own.
+/// Messages of a database that went away, is shutting down, or cannot write (full disk, read-only file; libpq
+/// and SQLite wording), as opposed to a query that failed on its own: the client may retry later.
 fn is_connection_loss(message: &str) -> bool {
-    const SIGNS: [&str; 8] = [
+    const SIGNS: [&str; 12] = [
         "database is locked",
+        "database or disk is full",
+        "No space left on device",
+        "attempt to write a readonly database",
+        "read-only file system",
         "server closed the connection",
         "terminating connection",
         "no connection to the server",
