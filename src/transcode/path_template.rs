@@ -263,8 +263,11 @@ pub fn percent_decode(s: &str, keep_slash: bool) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            // Exactly two hex digits (RFC 3986). Not `u8::from_str_radix`, which also takes a sign: `%+0` would
+            // decode to a NUL byte.
+            let high = hex_digit(*bytes.get(i + 1)?)?;
+            let low = hex_digit(*bytes.get(i + 2)?)?;
+            let value = (high << 4) | low;
             if keep_slash && value == b'/' {
                 out.extend_from_slice(&bytes[i..i + 3]);
             } else {
@@ -277,6 +280,16 @@ pub fn percent_decode(s: &str, keep_slash: bool) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The value of one ASCII hex digit.
+fn hex_digit(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
 }
 
 impl fmt::Display for PathTemplate {
@@ -413,5 +426,19 @@ mod tests {
             Some(vec![]),
             "literal segments compare decoded"
         );
+    }
+
+    /// Found by the `path_template` fuzz target (minimized input `\n%+0`): `%+0` decoded to a NUL byte because
+    /// the escape was parsed with `u8::from_str_radix`, which accepts a leading `+`.
+    #[test]
+    fn escapes_are_exactly_two_hex_digits() {
+        for bad in ["%+0", "%+C", "a%+41", "%-1", "% 1", "%1", "%", "%G0", "%0G", "%\u{e9}"] {
+            assert_eq!(percent_decode(bad, false), None, "{bad:?}");
+            assert_eq!(percent_decode(bad, true), None, "{bad:?}");
+        }
+        assert_eq!(percent_decode("%41%6a%2F%2f", false).as_deref(), Some("Aj//"));
+        assert_eq!(percent_decode("%41%6a%2F%2f", true).as_deref(), Some("Aj%2F%2f"));
+        assert_eq!(t("/v1/users/{id}").matches("/v1/users/%+41"), None);
+        assert_eq!(t("/v1/users/{rest=**}").matches("/v1/users/a/%+0"), None);
     }
 }
