@@ -15,8 +15,10 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn spawn(database_url: &str, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_user-service"))
+/// `user-service serve` on `port` and `database_url`, quiet, with no secret chosen yet.
+fn serve_command(database_url: &str, port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_user-service"));
+    command
         .args([
             "serve",
             "--listen",
@@ -25,9 +27,15 @@ fn spawn(database_url: &str, port: u16) -> Child {
             database_url,
         ])
         .env("RUST_LOG", "warn")
-        .env("USER_SERVICE_JWT_SECRET", TEST_SECRET)
+        .env_remove("USER_SERVICE_JWT_SECRET")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+fn spawn(database_url: &str, port: u16) -> Child {
+    serve_command(database_url, port)
+        .env("USER_SERVICE_JWT_SECRET", TEST_SECRET)
         .spawn()
         .expect("binary starts")
 }
@@ -261,19 +269,8 @@ async fn first_start_creates_a_secret_and_token_signs_with_it() {
     let data = dir.path().join("data");
     let url = format!("sqlite://{}", data.join("users.db").display());
     let start = |port: u16| {
-        Command::new(env!("CARGO_BIN_EXE_user-service"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--database-url",
-                &url,
-            ])
+        serve_command(&url, port)
             .env("USER_SERVICE_DATA_DIR", &data)
-            .env_remove("USER_SERVICE_JWT_SECRET")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("binary starts")
     };
