@@ -68,6 +68,12 @@ pub struct DatabaseConfig {
     /// but may lose the last commits on power loss.
     #[arg(long, env = "USER_SERVICE_SQLITE_SYNC", value_enum, default_value = "full")]
     pub sqlite_sync: SqliteSync,
+
+    /// SQLite group commit: the most concurrent writes committed together in one transaction (one fsync),
+    /// each in a savepoint of its own and acknowledged only after the commit. 1 commits every write alone.
+    #[arg(long, env = "USER_SERVICE_SQLITE_COMMIT_BATCH", default_value_t = 128,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub sqlite_commit_batch: u16,
 }
 
 impl DatabaseConfig {
@@ -77,6 +83,7 @@ impl DatabaseConfig {
             pool_size: self.db_pool_size,
             sqlite_sync: self.sqlite_sync,
             acquire_timeout: self.db_timeout,
+            sqlite_commit_batch: usize::from(self.sqlite_commit_batch),
         }
     }
 }

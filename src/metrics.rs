@@ -70,8 +70,9 @@ impl Metrics {
         self.database_up.store(up, Ordering::Relaxed);
     }
 
-    /// The metrics in the Prometheus text format.
-    pub fn render(&self) -> String {
+    /// The metrics in the Prometheus text format; `group_commits` is the SQLite writer's count of committed
+    /// batches and of the writes they held (absent on PostgreSQL).
+    pub fn render(&self, group_commits: Option<(u64, u64)>) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -116,6 +117,20 @@ impl Metrics {
             "user_service_database_up {}",
             u8::from(self.database_up.load(Ordering::Relaxed))
         );
+        if let Some((batches, writes)) = group_commits {
+            let _ = writeln!(
+                out,
+                "# HELP user_service_sqlite_commits_total Transactions the SQLite writer committed (one per batch)."
+            );
+            let _ = writeln!(out, "# TYPE user_service_sqlite_commits_total counter");
+            let _ = writeln!(out, "user_service_sqlite_commits_total {batches}");
+            let _ = writeln!(
+                out,
+                "# HELP user_service_sqlite_committed_writes_total Writes applied in committed SQLite batches."
+            );
+            let _ = writeln!(out, "# TYPE user_service_sqlite_committed_writes_total counter");
+            let _ = writeln!(out, "user_service_sqlite_committed_writes_total {writes}");
+        }
         out
     }
 }
@@ -131,7 +146,7 @@ mod tests {
         m.record_rpc("GetUser", Protocol::Rest, "OK", Duration::from_secs(10));
         m.record_refusal(Protocol::Grpc, "UNAUTHENTICATED");
         m.set_database_up(true);
-        let text = m.render();
+        let text = m.render(None);
         assert!(text.contains(
             "user_service_rpc_duration_seconds_bucket{rpc=\"GetUser\",protocol=\"rest\",code=\"OK\",le=\"0.005\"} 1"
         ));
@@ -143,5 +158,9 @@ mod tests {
         );
         assert!(text.contains("user_service_refused_total{protocol=\"grpc\",reason=\"UNAUTHENTICATED\"} 1"));
         assert!(text.contains("user_service_database_up 1"));
+        assert!(!text.contains("user_service_sqlite_commits_total"));
+        let text = m.render(Some((3, 70)));
+        assert!(text.contains("user_service_sqlite_commits_total 3\n"));
+        assert!(text.contains("user_service_sqlite_committed_writes_total 70\n"));
     }
 }

@@ -33,7 +33,7 @@ use crate::limits::RateLimiter;
 use crate::metrics::{Metrics, Protocol};
 use crate::pb;
 use crate::pb::user_service_server::UserServiceServer;
-use crate::store::Store;
+use crate::store::{Store, WriteStats};
 use crate::transcode::Transcoder;
 
 /// How often the database is pinged to keep the health status true.
@@ -163,9 +163,18 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         .route("/readyz", get(readyz).with_state(store.clone()))
         .route(
             "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }
+            get({
+                let store = store.clone();
+                move || {
+                    let metrics = metrics.clone();
+                    let commits = store.write_stats().map(WriteStats::snapshot);
+                    async move {
+                        (
+                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            metrics.render(commits),
+                        )
+                    }
+                }
             }),
         )
         .route(

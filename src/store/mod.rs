@@ -4,9 +4,10 @@
 mod connection;
 mod schema;
 mod users;
+mod writer;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +18,8 @@ use uuid::Uuid;
 use connection::{ConnectionManager, DbConnection};
 pub use connection::{DatabaseTarget, SqliteSync};
 pub use users::{Cursor, ListQuery, OrderBy, OrderField};
+pub use writer::WriteStats;
+use writer::{GroupWriter, Settle};
 
 use crate::domain::change::Outcome;
 use crate::domain::error::{Conflict, Error};
@@ -36,6 +39,8 @@ pub struct StoreOptions {
     pub sqlite_sync: SqliteSync,
     /// How long a call waits for a pooled connection (and SQLite for a lock) before it answers UNAVAILABLE.
     pub acquire_timeout: Duration,
+    /// SQLite: the most writes committed together in one transaction (group commit); 1 commits each alone.
+    pub sqlite_commit_batch: usize,
 }
 
 /// Decides what one item of a write becomes, given the stored user (if any) and the transaction's time.
@@ -56,28 +61,38 @@ pub struct Store {
     /// Whether the database answered last time: while it does not, calls wait only briefly for a connection,
     /// so they fail fast with UNAVAILABLE instead of each waiting the full time-out.
     reachable: Arc<AtomicBool>,
-    /// SQLite has one writer at a time; queueing writers here instead of in SQLite's busy handler (which polls
-    /// with sleeps) keeps write latency flat. `None` on PostgreSQL, whose row locks serialize what conflicts.
-    sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// SQLite has one writer at a time: every write goes through one writer thread that commits queued writes
+    /// together (see `writer`). `None` on PostgreSQL, whose row locks serialize only what conflicts.
+    writer: Option<GroupWriter>,
 }
 
 /// Why a transaction ended early.
-enum TxError {
+enum TxError<T = Vec<User>> {
     Domain(Error),
     Db(DieselError),
-    /// A validate-only write ran to the end and is rolled back on purpose.
-    DryRun(Vec<User>),
+    /// A validate-only write ran to the end and is rolled back on purpose; its result is still the answer.
+    DryRun(T),
 }
 
-impl From<DieselError> for TxError {
+impl<T> From<DieselError> for TxError<T> {
     fn from(e: DieselError) -> Self {
         TxError::Db(e)
     }
 }
 
-impl From<Error> for TxError {
+impl<T> From<Error> for TxError<T> {
     fn from(e: Error) -> Self {
         TxError::Domain(e)
+    }
+}
+
+/// A transaction's answer: its own result, acknowledged only if its commit succeeded.
+fn settle<T>(own: Result<T, TxError<T>>, committed: Result<(), Error>) -> Result<T, Error> {
+    match own {
+        Ok(value) => committed.map(|()| value),
+        Err(TxError::DryRun(value)) => Ok(value),
+        Err(TxError::Domain(e)) => Err(e),
+        Err(TxError::Db(e)) => Err(db_error(e)),
     }
 }
 
@@ -91,7 +106,7 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("creating database folder {}: {e}", dir.display()))?;
         }
-        let sqlite_writer = matches!(target, DatabaseTarget::Sqlite(_)).then(|| Arc::new(Mutex::new(())));
+        let is_sqlite = matches!(target, DatabaseTarget::Sqlite(_));
         let manager = ConnectionManager {
             target,
             sqlite_sync: options.sqlite_sync,
@@ -110,10 +125,19 @@ impl Store {
             .connection_timeout(options.acquire_timeout)
             .build(manager)
             .map_err(|e| anyhow::anyhow!("opening the connection pool: {e}"))?;
+        let reachable = Arc::new(AtomicBool::new(true));
+        let writer = if is_sqlite {
+            Some(
+                GroupWriter::start(pool.clone(), reachable.clone(), options.sqlite_commit_batch)
+                    .map_err(|e| anyhow::anyhow!("starting the database writer: {e}"))?,
+            )
+        } else {
+            None
+        };
         Ok(Store {
             pool,
-            reachable: Arc::new(AtomicBool::new(true)),
-            sqlite_writer,
+            reachable,
+            writer,
         })
     }
 
@@ -162,12 +186,53 @@ impl Store {
         })
         .await
         .map_err(|e| Error::internal(format!("database task failed: {e}")))?;
-        match &result {
+        self.track(&result);
+        result
+    }
+
+    /// Remembers whether the database answered a call.
+    fn track<T>(&self, result: &Result<T, Error>) {
+        match result {
             Err(Error::Unavailable(_)) => self.reachable.store(false, Ordering::Relaxed),
             Ok(_) => self.reachable.store(true, Ordering::Relaxed),
             Err(_) => {}
         }
+    }
+
+    /// Runs a write transaction: on SQLite queued to the writer, which runs it inside its batch's transaction
+    /// and settles it once the batch commits; on PostgreSQL in a transaction of its own on a pooled connection.
+    async fn transact<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, TxError<T>> + Send + 'static,
+    {
+        let Some(writer) = &self.writer else {
+            return self.run(move |conn| settle(conn.transaction(f), Ok(()))).await;
+        };
+        let result = writer
+            .submit(move |conn| -> Settle<T> {
+                let own = conn.map_err(TxError::Domain).and_then(|conn| conn.transaction(f));
+                Box::new(move |committed| settle(own, committed))
+            })
+            .await;
+        self.track(&result);
         result
+    }
+
+    /// How many group commits the SQLite writer made and how many writes they held; `None` on PostgreSQL.
+    pub fn write_stats(&self) -> Option<&WriteStats> {
+        self.writer.as_ref().map(|w| &*w.stats)
+    }
+
+    /// Stops the SQLite writer before its next batch while the guard lives, so writes queue up; `None` on
+    /// PostgreSQL. Lets a test (or an operator's maintenance step) form a known batch.
+    pub fn hold_writes(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.writer.as_ref().map(GroupWriter::hold)
+    }
+
+    /// Writes waiting for the SQLite writer (0 on PostgreSQL).
+    pub fn queued_writes(&self) -> usize {
+        self.writer.as_ref().map_or(0, GroupWriter::queued)
     }
 
     /// Whether the database answers.
@@ -224,34 +289,20 @@ impl Store {
 
     /// Hard-deletes users whose purge time has passed; returns how many.
     pub async fn purge_expired(&self, now: DateTime<Utc>) -> Result<usize, Error> {
-        let writer = self.sqlite_writer.clone();
-        self.run(move |conn| {
-            let _guard = writer.as_ref().map(|w| w.lock().unwrap_or_else(|p| p.into_inner()));
-            conn.transaction(|conn| users::purge_expired(conn, now))
-                .map_err(db_error)
-        })
-        .await
+        self.transact(move |conn| Ok(users::purge_expired(conn, now)?)).await
     }
 
-    /// Applies `mutations` in one transaction: all or nothing. Each item's `decide` sees the user as the
+    /// Applies `mutations` in one transaction: all or nothing (on SQLite a savepoint of the writer's batch,
+    /// acknowledged only once the batch commits). Each item's `decide` sees the user as the
     /// earlier items left it. Validation errors of all items are collected and reported together; any other
     /// error stops at once. With `dry_run` everything runs, unique constraints included, and is rolled back.
     pub async fn write(&self, actor: String, mutations: Vec<Mutation>, dry_run: bool) -> Result<Vec<User>, Error> {
-        let writer = self.sqlite_writer.clone();
-        self.run(move |conn| {
-            let _guard = writer.as_ref().map(|w| w.lock().unwrap_or_else(|p| p.into_inner()));
-            let result = conn.transaction(|conn| {
-                let users = write_all(conn, &actor, mutations)?;
-                if dry_run {
-                    Err(TxError::DryRun(users))
-                } else {
-                    Ok(users)
-                }
-            });
-            match result {
-                Ok(users) | Err(TxError::DryRun(users)) => Ok(users),
-                Err(TxError::Domain(e)) => Err(e),
-                Err(TxError::Db(e)) => Err(db_error(e)),
+        self.transact(move |conn| {
+            let users = write_all(conn, &actor, mutations)?;
+            if dry_run {
+                Err(TxError::DryRun(users))
+            } else {
+                Ok(users)
             }
         })
         .await

@@ -4,6 +4,7 @@ mod support;
 
 mod auth;
 mod concurrency;
+mod group_commit;
 mod http;
 mod masks;
 mod parity;

@@ -106,6 +106,8 @@ pub struct TestApp {
     pub client: Client,
     /// The database the server uses, for tests that open the store beside it.
     pub database_url: String,
+    /// The server's own store, for tests that watch its writer.
+    pub store: user_service::store::Store,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
@@ -154,6 +156,7 @@ impl TestApp {
         config.auth.jwt_secret = Some(TEST_SECRET.into());
         configure(&mut config);
         let app = user_service::app(&config).await.expect("app starts");
+        let store = app.store.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
@@ -174,6 +177,7 @@ impl TestApp {
             addr,
             client,
             database_url,
+            store,
             shutdown: Some(tx),
             server: Some(server),
             _dir: dir,

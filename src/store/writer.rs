@@ -1,0 +1,187 @@
+//! SQLite group commit: one writer thread takes the writes queued by concurrent requests, applies them in one
+//! transaction (each in a savepoint of its own) and answers each request only after that transaction commits.
+//!
+//! SQLite allows one writer at a time and, at `synchronous=FULL`, a commit costs an fsync. A transaction per
+//! request caps writes at one fsync each; a batch pays one fsync for all of its writes. Every write still decides
+//! its own outcome: a write that fails rolls back its savepoint alone, and its neighbours commit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use diesel::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::connection::{ConnectionManager, DbConnection};
+use super::{UNREACHABLE_WAIT, db_error};
+use crate::domain::error::Error;
+
+/// How many writes may wait for the writer; callers beyond this wait to enqueue (back-pressure), so the queue
+/// never holds more than the writer clears in a few batches.
+const QUEUE_CAPACITY: usize = 4096;
+
+/// What a write does once its batch has ended: given the batch's commit result, answer the caller.
+pub type Finish = Box<dyn FnOnce(Result<(), Error>) + Send>;
+
+/// One queued write: runs inside the batch's transaction (or is told why no connection could be had) and
+/// returns how to answer once the batch ends.
+pub type Work = Box<dyn FnOnce(Result<&mut DbConnection, Error>) -> Finish + Send>;
+
+/// A write's own result, decided in the batch, turned into the caller's answer once the batch's commit result
+/// is known.
+pub type Settle<T> = Box<dyn FnOnce(Result<(), Error>) -> Result<T, Error> + Send>;
+
+/// How many batches the writer committed and how many writes they held.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    pub batches: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+impl WriteStats {
+    /// (committed batches, writes they held).
+    pub fn snapshot(&self) -> (u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.writes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The queue in front of the writer thread. Dropping every clone of the sender ends the thread.
+#[derive(Clone)]
+pub struct GroupWriter {
+    queue: mpsc::Sender<Work>,
+    /// Held by the writer while it applies a batch; holding it from outside stops the writer before its next
+    /// batch (maintenance, and tests that need a known batch).
+    hold: Arc<std::sync::Mutex<()>>,
+    pub stats: Arc<WriteStats>,
+}
+
+impl GroupWriter {
+    /// Starts the writer thread. `max_batch` is the most writes one transaction takes; 1 commits every write on
+    /// its own.
+    pub fn start(
+        pool: r2d2::Pool<ConnectionManager>,
+        reachable: Arc<AtomicBool>,
+        max_batch: usize,
+    ) -> std::io::Result<GroupWriter> {
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let hold = Arc::new(std::sync::Mutex::new(()));
+        let stats = Arc::new(WriteStats::default());
+        let writer = Writer {
+            pool,
+            reachable,
+            max_batch: max_batch.max(1),
+            hold: hold.clone(),
+            stats: stats.clone(),
+        };
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer.run(receiver))?;
+        Ok(GroupWriter { queue, hold, stats })
+    }
+
+    /// Queues `work` and waits for its batch to end.
+    pub async fn submit<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(Result<&mut DbConnection, Error>) -> Settle<T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        let job: Work = Box::new(move |conn| {
+            let finish = work(conn);
+            Box::new(move |committed| {
+                // The caller may have gone (time-out, cancelled request); its write stands either way.
+                let _ = reply.send(finish(committed));
+            })
+        });
+        self.queue
+            .send(job)
+            .await
+            .map_err(|_| Error::Unavailable("the database writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::internal("the database writer dropped a write without answering"))?
+    }
+
+    /// Stops the writer before its next batch until the guard is dropped. Writes queue up meanwhile.
+    pub fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.hold.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes waiting in the queue (not counting a batch being applied).
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+struct Writer {
+    pool: r2d2::Pool<ConnectionManager>,
+    reachable: Arc<AtomicBool>,
+    max_batch: usize,
+    hold: Arc<std::sync::Mutex<()>>,
+    stats: Arc<WriteStats>,
+}
+
+impl Writer {
+    fn run(self, mut receiver: mpsc::Receiver<Work>) {
+        let mut batch: Vec<Work> = Vec::with_capacity(self.max_batch);
+        while let Some(first) = receiver.blocking_recv() {
+            let _held = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match receiver.try_recv() {
+                    Ok(work) => batch.push(work),
+                    Err(_) => break,
+                }
+            }
+            self.apply(&mut batch);
+        }
+    }
+
+    /// Applies the batch in one transaction and answers every write after it ends.
+    fn apply(&self, batch: &mut Vec<Work>) {
+        let count = batch.len() as u64;
+        let wait = if self.reachable.load(Ordering::Relaxed) {
+            self.pool.connection_timeout()
+        } else {
+            UNREACHABLE_WAIT
+        };
+        let mut conn = match self.pool.get_timeout(wait) {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.reachable.store(false, Ordering::Relaxed);
+                let error = Error::Unavailable(format!("no database connection: {e}"));
+                for work in batch.drain(..) {
+                    work(Err(error.clone()))(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+        let committed = conn
+            .transaction(|conn| {
+                for work in batch.drain(..) {
+                    finishes.push(work(Ok(conn)));
+                }
+                Ok::<_, diesel::result::Error>(())
+            })
+            .map_err(db_error);
+        // Writes left in the batch (a failed BEGIN never ran them) get the same answer as the transaction.
+        for work in batch.drain(..) {
+            let error = committed
+                .clone()
+                .err()
+                .unwrap_or_else(|| Error::internal("write skipped by its batch"));
+            work(Err(error.clone()))(Err(error));
+        }
+        self.reachable
+            .store(!matches!(committed, Err(Error::Unavailable(_))), Ordering::Relaxed);
+        if committed.is_ok() {
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats.writes.fetch_add(count, Ordering::Relaxed);
+        }
+        for finish in finishes {
+            finish(committed.clone());
+        }
+    }
+}
