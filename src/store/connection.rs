@@ -2,12 +2,20 @@
 //! settings and the embedded migrations of each backend.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::R2D2Connection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::domain::error::Error;
+
+/// A pooled connection idle for longer than this is pinged before use: a restarted or firewalled database drops
+/// idle connections silently. A connection in steady use is trusted, which saves a round trip on every call.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How many pooled connections a call tries before it reports the database unavailable.
+const CHECKOUT_ATTEMPTS: usize = 3;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -83,21 +91,68 @@ impl ConnectionManager {
     }
 }
 
+/// A connection in the pool, with what the pool needs to know to retire it.
+pub struct Pooled {
+    db: DbConnection,
+    /// Set when a call on it failed as a lost connection, so the pool drops it instead of handing it out again.
+    lost: bool,
+    last_used: Instant,
+}
+
 impl diesel::r2d2::ManageConnection for ConnectionManager {
-    type Connection = DbConnection;
+    type Connection = Pooled;
     type Error = diesel::r2d2::Error;
 
-    fn connect(&self) -> Result<DbConnection, Self::Error> {
-        self.establish().map_err(diesel::r2d2::Error::ConnectionError)
+    fn connect(&self) -> Result<Pooled, Self::Error> {
+        let db = self.establish().map_err(diesel::r2d2::Error::ConnectionError)?;
+        Ok(Pooled {
+            db,
+            lost: false,
+            last_used: Instant::now(),
+        })
     }
 
-    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
-        conn.ping().map_err(diesel::r2d2::Error::QueryError)
+    fn is_valid(&self, conn: &mut Pooled) -> Result<(), Self::Error> {
+        conn.db.ping().map_err(diesel::r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, conn: &mut DbConnection) -> bool {
-        conn.is_broken()
+    fn has_broken(&self, conn: &mut Pooled) -> bool {
+        conn.lost || conn.db.is_broken()
     }
+}
+
+/// Runs `f` on a pooled connection, waiting at most `wait` for one. A connection that has been idle is
+/// checked first; one whose call fails as UNAVAILABLE (a lost connection) is retired from the pool.
+pub fn with_connection<T>(
+    pool: &r2d2::Pool<ConnectionManager>,
+    wait: Duration,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let mut attempt = 0;
+    let mut conn = loop {
+        attempt += 1;
+        let mut conn = pool
+            .get_timeout(wait)
+            .map_err(|e| Error::Unavailable(format!("no database connection: {e}")))?;
+        if conn.last_used.elapsed() < IDLE_CHECK {
+            break conn;
+        }
+        match conn.db.ping() {
+            Ok(_) => break conn,
+            Err(e) => {
+                conn.lost = true;
+                if attempt >= CHECKOUT_ATTEMPTS {
+                    return Err(Error::Unavailable(format!("database connection lost: {e}")));
+                }
+            }
+        }
+    };
+    let result = f(&mut conn.db);
+    conn.last_used = Instant::now();
+    if matches!(result, Err(Error::Unavailable(_))) {
+        conn.lost = true;
+    }
+    result
 }
 
 /// Runs the pending migrations of the connection's backend; returns how many ran.

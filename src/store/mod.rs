@@ -121,6 +121,9 @@ impl Store {
         drop(conn);
         let pool = r2d2::Pool::builder()
             .max_size(options.pool_size.max(1))
+            // Checked in `with_connection` instead, only after idling: a check on every checkout costs
+            // PostgreSQL a round trip per call.
+            .test_on_check_out(false)
             .min_idle(Some(1))
             .connection_timeout(options.acquire_timeout)
             .build(manager)
@@ -176,16 +179,10 @@ impl Store {
         F: FnOnce(&mut DbConnection) -> Result<T, Error> + Send + 'static,
     {
         let pool = self.pool.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let conn = match wait {
-                Some(wait) => pool.get_timeout(wait),
-                None => pool.get(),
-            };
-            let mut conn = conn.map_err(|e| Error::Unavailable(format!("no database connection: {e}")))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("database task failed: {e}")))?;
+        let wait = wait.unwrap_or_else(|| pool.connection_timeout());
+        let result = tokio::task::spawn_blocking(move || connection::with_connection(&pool, wait, f))
+            .await
+            .map_err(|e| Error::internal(format!("database task failed: {e}")))?;
         self.track(&result);
         result
     }
@@ -311,13 +308,13 @@ impl Store {
 
 fn write_all(conn: &mut DbConnection, actor: &str, mutations: Vec<Mutation>) -> Result<Vec<User>, TxError> {
     let now = to_stored_precision(Utc::now());
-    // Lock every row first, in id order, so two batches touching the same users cannot deadlock.
     let mut ids: Vec<Uuid> = mutations.iter().map(|m| m.id).collect();
     ids.sort_unstable();
     ids.dedup();
-    for id in &ids {
-        users::lock(conn, *id)?;
-    }
+    let mut locked = users::lock_all(conn, &ids)?;
+    // The first write of a user uses the row read with its lock; a later one in the same batch reads what the
+    // earlier one left.
+    let mut first_write = std::collections::HashSet::with_capacity(ids.len());
     let mut written = Vec::with_capacity(mutations.len());
     let mut invalid: Vec<Error> = Vec::new();
     for Mutation {
@@ -330,7 +327,11 @@ fn write_all(conn: &mut DbConnection, actor: &str, mutations: Vec<Mutation>) -> 
             Some(p) => e.with_field_prefix(p),
             None => e,
         };
-        let stored = users::find(conn, id)?;
+        let stored = if first_write.insert(id) {
+            locked.remove(&id)
+        } else {
+            users::find(conn, id)?
+        };
         match decide(stored.as_ref().map(|(u, _)| u), now) {
             Ok(outcome) => match users::save(conn, actor, stored, outcome, now) {
                 Ok(user) => written.push(user),

@@ -1,6 +1,6 @@
 //! SQL for users, their label/role index rows and revisions, written once for both backends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::dsl::{exists, not};
@@ -167,25 +167,57 @@ impl UserRow {
     }
 }
 
-/// Takes the row's write lock for the rest of the transaction: a no-op UPDATE works the same on both
-/// backends (a row lock on PostgreSQL, the database write lock on SQLite), so a read-modify-write that
-/// follows sees the latest committed version and no concurrent writer can slip in between.
-pub fn lock(conn: &mut DbConnection, id: Uuid) -> QueryResult<bool> {
-    let n = diesel::update(users::table.find(id.to_string()))
-        .set(users::revision.eq(users::revision))
-        .execute(conn)?;
-    Ok(n > 0)
+/// A stored user with its password hash.
+pub type Stored = (User, Option<String>);
+
+/// Locks the rows of `ids` (sorted, without repeats) for the rest of the transaction and reads them, so a
+/// read-modify-write sees the latest committed version and no concurrent writer slips in between. Rows are
+/// locked in id order, so two batches touching the same users cannot deadlock. Unknown ids are left out.
+///
+/// PostgreSQL locks and reads in one `SELECT … FOR UPDATE` round trip. SQLite has no row locks: a no-op
+/// UPDATE takes the database write lock, then the rows are read.
+pub fn lock_all(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<HashMap<Uuid, Stored>> {
+    let rows: Vec<UserRow> = match conn {
+        DbConnection::Postgres(pg) => match ids {
+            [id] => users::table
+                .find(id.to_string())
+                .select(UserRow::as_select())
+                .for_update()
+                .load(pg)?,
+            _ => users::table
+                .filter(users::id.eq_any(ids.iter().map(Uuid::to_string).collect::<Vec<_>>()))
+                .order(users::id)
+                .select(UserRow::as_select())
+                .for_update()
+                .load(pg)?,
+        },
+        DbConnection::Sqlite(_) => {
+            let mut rows = Vec::with_capacity(ids.len());
+            for id in ids {
+                diesel::update(users::table.find(id.to_string()))
+                    .set(users::revision.eq(users::revision))
+                    .execute(conn)?;
+                rows.extend(find_row(conn, *id)?);
+            }
+            rows
+        }
+    };
+    rows.into_iter()
+        .map(|row| row.into_user().map(|stored| (stored.0.id, stored)))
+        .collect()
 }
 
-/// A user and its password hash.
-pub fn find(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<(User, Option<String>)>> {
+fn find_row(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<UserRow>> {
     users::table
         .find(id.to_string())
         .select(UserRow::as_select())
         .first(conn)
-        .optional()?
-        .map(UserRow::into_user)
-        .transpose()
+        .optional()
+}
+
+/// A user and its password hash.
+pub fn find(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<Stored>> {
+    find_row(conn, id)?.map(UserRow::into_user).transpose()
 }
 
 pub fn user_exists(conn: &mut DbConnection, id: Uuid) -> QueryResult<bool> {

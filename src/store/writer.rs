@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::connection::{ConnectionManager, DbConnection};
+use super::connection::{ConnectionManager, DbConnection, with_connection};
 use super::{UNREACHABLE_WAIT, db_error};
 use crate::domain::error::Error;
 
@@ -146,27 +146,17 @@ impl Writer {
         } else {
             UNREACHABLE_WAIT
         };
-        let mut conn = match self.pool.get_timeout(wait) {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.reachable.store(false, Ordering::Relaxed);
-                let error = Error::Unavailable(format!("no database connection: {e}"));
-                for work in batch.drain(..) {
-                    work(Err(error.clone()))(Err(error.clone()));
-                }
-                return;
-            }
-        };
         let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
-        let committed = conn
-            .transaction(|conn| {
+        let committed = with_connection(&self.pool, wait, |conn| {
+            conn.transaction(|conn| {
                 for work in batch.drain(..) {
                     finishes.push(work(Ok(conn)));
                 }
                 Ok::<_, diesel::result::Error>(())
             })
-            .map_err(db_error);
-        // Writes left in the batch (a failed BEGIN never ran them) get the same answer as the transaction.
+            .map_err(db_error)
+        });
+        // Writes left in the batch (no connection, or a failed BEGIN never ran them) get the transaction's answer.
         for work in batch.drain(..) {
             let error = committed
                 .clone()
