@@ -207,11 +207,13 @@ pub fn lock_all(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<HashMap<Uu
         .collect()
 }
 
+/// The row of `id`. No `LIMIT` (the key is unique): SQLite re-prepares a statement whose `LIMIT` is a bound
+/// parameter every time it is bound, which would cost a full parse on every read.
 fn find_row(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<UserRow>> {
     users::table
         .find(id.to_string())
         .select(UserRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 
