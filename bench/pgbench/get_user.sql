@@ -1,0 +1,4 @@
+-- GetUser as the service issues it on PostgreSQL: one SELECT by id. Seeded ids are
+-- 00000000-0000-4000-8000-<n as 12 hex digits>.
+\set n random(0, :users - 1)
+SELECT "users"."id", "users"."username", "users"."email", "users"."email_key", "users"."email_verified", "users"."given_name", "users"."family_name", "users"."phone_number", "users"."national_id", "users"."address", "users"."birth_date", "users"."language_code", "users"."region_code", "users"."time_zone", "users"."image_uri", "users"."description", "users"."disabled", "users"."disabled_reason", "users"."labels", "users"."roles", "users"."memberships", "users"."attributes", "users"."valid_from", "users"."expire_time", "users"."password_hash", "users"."create_time", "users"."update_time", "users"."delete_time", "users"."purge_time", "users"."revision" FROM "users" WHERE ("users"."id" = '00000000-0000-4000-8000-' || lpad(to_hex(:n::bigint), 12, '0')) LIMIT 1;
