@@ -164,7 +164,8 @@ fn seeded_id(n: u64) -> String {
 
 /// Inserts users 0..n in one statement per table, as the service would store them: username `user<n>`, e-mail
 /// `user<n>@bench.test`, names, no labels or roles, create_time one millisecond apart, revision 1 with its
-/// revision row.
+/// revision row. SQLite keeps times as text, so they are written in the service's own form (six fractional
+/// digits here, never a bare `.000`), which keeps text order and time order the same.
 fn seed(url: &str, users: u64) -> anyhow::Result<()> {
     if users == 0 {
         return Ok(());
@@ -172,6 +173,8 @@ fn seed(url: &str, users: u64) -> anyhow::Result<()> {
     let last = users - 1;
     if let Some(path) = url.strip_prefix("sqlite://") {
         let mut conn = diesel::SqliteConnection::establish(path)?;
+        let time = "printf('2026-01-01 %02d:%02d:%02d.%06d', (i / 3600000) % 24, (i / 60000) % 60, (i / 1000) % 60, \
+                    (i % 1000) * 1000 + 1)";
         conn.batch_execute(&format!(
             "PRAGMA journal_mode = WAL; BEGIN;
              WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
@@ -179,8 +182,7 @@ fn seed(url: &str, users: u64) -> anyhow::Result<()> {
                                 revision)
              SELECT printf('00000000-0000-4000-8000-%012x', i), 'user' || i, 'user' || i || '@bench.test',
                     'user' || i || '@bench.test', 'Given' || i, 'Family' || i,
-                    strftime('%Y-%m-%d %H:%M:%f', 1767225600 + i / 1000.0, 'unixepoch'),
-                    strftime('%Y-%m-%d %H:%M:%f', 1767225600 + i / 1000.0, 'unixepoch'), 1
+                    {time}, {time}, 1
              FROM n;
              INSERT INTO user_revisions (user_id, revision, actor, update_mask, create_time, before_values,
                                          after_values)
@@ -199,8 +201,8 @@ fn seed(url: &str, users: u64) -> anyhow::Result<()> {
                                 revision)
              SELECT '00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'), 'user' || i,
                     'user' || i || '@bench.test', 'user' || i || '@bench.test', 'Given' || i, 'Family' || i,
-                    timestamp '2026-01-01' + i * interval '1 millisecond',
-                    timestamp '2026-01-01' + i * interval '1 millisecond', 1
+                    timestamp '2026-01-01 00:00:00.000001' + i * interval '1 millisecond',
+                    timestamp '2026-01-01 00:00:00.000001' + i * interval '1 millisecond', 1
              FROM generate_series(0::bigint, {last}) AS i;
              INSERT INTO user_revisions (user_id, revision, actor, update_mask, create_time, before_values,
                                          after_values)

@@ -471,10 +471,16 @@ macro_rules! keyset {
         if let Some(cursor) = $cursor {
             let key = $key;
             let id = cursor.id.clone();
+            // The leading `column >= key` is implied by the OR that follows; it is there so that both query
+            // planners start an index range scan at the cursor instead of scanning from the first row.
             $query = if $desc {
-                $query.filter($column.lt(key.clone()).or($column.eq(key).and(users::id.lt(id))))
+                $query
+                    .filter($column.le(key.clone()))
+                    .filter($column.lt(key.clone()).or($column.eq(key).and(users::id.lt(id))))
             } else {
-                $query.filter($column.gt(key.clone()).or($column.eq(key).and(users::id.gt(id))))
+                $query
+                    .filter($column.ge(key.clone()))
+                    .filter($column.gt(key.clone()).or($column.eq(key).and(users::id.gt(id))))
             };
         }
         $query = if $desc {
