@@ -121,6 +121,16 @@ impl diesel::r2d2::ManageConnection for ConnectionManager {
     }
 }
 
+/// Runs `f` on a connection already taken from a pool, retiring the connection if it failed as lost.
+pub fn run_inline<T>(conn: &mut Pooled, f: impl FnOnce(&mut DbConnection) -> Result<T, Error>) -> Result<T, Error> {
+    let result = f(&mut conn.db);
+    conn.last_used = Instant::now();
+    if matches!(result, Err(Error::Unavailable(_))) {
+        conn.lost = true;
+    }
+    result
+}
+
 /// Runs `f` on a pooled connection, waiting at most `wait` for one. A connection that has been idle is
 /// checked first; one whose call fails as UNAVAILABLE (a lost connection) is retired from the pool.
 pub fn with_connection<T>(
@@ -147,12 +157,7 @@ pub fn with_connection<T>(
             }
         }
     };
-    let result = f(&mut conn.db);
-    conn.last_used = Instant::now();
-    if matches!(result, Err(Error::Unavailable(_))) {
-        conn.lost = true;
-    }
-    result
+    run_inline(&mut conn, f)
 }
 
 /// Runs the pending migrations of the connection's backend; returns how many ran.

@@ -449,21 +449,55 @@ pub fn message_json(message: &DynamicMessage) -> Result<Value, String> {
     Ok(value)
 }
 
+/// Where a message type's input-only fields are: its own (by JSON name) and the message fields to look into.
+struct StripPlan {
+    input_only: Vec<String>,
+    children: Vec<(String, MessageDescriptor)>,
+}
+
+impl StripPlan {
+    fn of(message: &MessageDescriptor) -> StripPlan {
+        let mut plan = StripPlan {
+            input_only: Vec::new(),
+            children: Vec::new(),
+        };
+        for field in message.fields() {
+            if field_behaviors(&field).contains(&INPUT_ONLY) {
+                plan.input_only.push(field.json_name().to_owned());
+            } else if let Kind::Message(child) = field.kind()
+                && !field.is_map()
+                && !is_well_known(&child)
+            {
+                plan.children.push((field.json_name().to_owned(), child));
+            }
+        }
+        plan
+    }
+}
+
+thread_local! {
+    /// Strip plans by message name: reading field options decodes them, too slow to repeat for every answer.
+    static STRIP_PLANS: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<StripPlan>>> =
+        std::cell::RefCell::default();
+}
+
 /// Input-only fields (a password) are never part of an answer, not even empty.
 fn strip_input_only(value: &mut Value, message: &MessageDescriptor) {
     let Value::Object(object) = value else { return };
-    for field in message.fields() {
-        if field_behaviors(&field).contains(&INPUT_ONLY) {
-            object.remove(field.json_name());
-            continue;
-        }
-        let Kind::Message(child) = field.kind() else { continue };
-        if field.is_map() || is_well_known(&child) {
-            continue;
-        }
-        match object.get_mut(field.json_name()) {
-            Some(Value::Array(items)) => items.iter_mut().for_each(|item| strip_input_only(item, &child)),
-            Some(item) => strip_input_only(item, &child),
+    let plan = STRIP_PLANS.with(|plans| {
+        plans
+            .borrow_mut()
+            .entry(message.full_name().to_owned())
+            .or_insert_with(|| std::rc::Rc::new(StripPlan::of(message)))
+            .clone()
+    });
+    for name in &plan.input_only {
+        object.remove(name);
+    }
+    for (name, child) in &plan.children {
+        match object.get_mut(name) {
+            Some(Value::Array(items)) => items.iter_mut().for_each(|item| strip_input_only(item, child)),
+            Some(item) => strip_input_only(item, child),
             None => {}
         }
     }
