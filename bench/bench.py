@@ -246,13 +246,16 @@ class Bench:
             log(f"{backend}: seeding {self.args.users} users")
             name = "user_service_bench" if backend == "postgres" else "main"
             url = self.database(backend, name, self.args.users)
-            self.suite(backend, url)
-            if backend == "postgres":
+            parts = self.args.parts.split(",")
+            if "suite" in parts:
+                self.suite(backend, url)
+            if backend == "postgres" and "pgbench" in parts:
                 self.versus_pgbench(url)
-            else:
+            if backend == "sqlite" and "group" in parts:
                 self.group_commit(url)
+            if backend == "sqlite" and "store" in parts:
                 self.store(url)
-            if self.args.scale_users:
+            if self.args.scale_users and "scale" in parts:
                 self.scale(backend, url, self.args.scale_users)
         with open(os.path.join(self.work, "results.json"), "w") as f:
             json.dump(self.results, f, indent=1)
@@ -371,6 +374,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--parts", default="suite,pgbench,group,store,scale",
+                        help="which parts to run (a rerun of one part: --parts pgbench)")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432"))
     parser.add_argument("--work", default="target/bench")
     parser.add_argument("--smoke", action="store_true", help="a few requests per run: checks the harness works")
