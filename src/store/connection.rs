@@ -121,18 +121,20 @@ impl diesel::r2d2::ManageConnection for ConnectionManager {
     }
 }
 
-/// Runs `f` on a connection already taken from a pool, retiring the connection if it failed as lost.
+/// Runs `f` on a connection already taken from a pool. A PostgreSQL connection whose call fails as UNAVAILABLE
+/// has lost its server and is retired; SQLite's UNAVAILABLE (a lock, a full disk, a read-only file) says
+/// nothing against the connection, which stays.
 pub fn run_inline<T>(conn: &mut Pooled, f: impl FnOnce(&mut DbConnection) -> Result<T, Error>) -> Result<T, Error> {
     let result = f(&mut conn.db);
     conn.last_used = Instant::now();
-    if matches!(result, Err(Error::Unavailable(_))) {
+    if matches!(result, Err(Error::Unavailable(_))) && matches!(conn.db, DbConnection::Postgres(_)) {
         conn.lost = true;
     }
     result
 }
 
 /// Runs `f` on a pooled connection, waiting at most `wait` for one. A connection that has been idle is
-/// checked first; one whose call fails as UNAVAILABLE (a lost connection) is retired from the pool.
+/// checked first; one that has lost its server is retired from the pool (see [`run_inline`]).
 pub fn with_connection<T>(
     pool: &r2d2::Pool<ConnectionManager>,
     wait: Duration,

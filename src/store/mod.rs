@@ -112,7 +112,7 @@ impl Store {
         }
         let is_sqlite = matches!(target, DatabaseTarget::Sqlite(_));
         let manager = ConnectionManager {
-            target,
+            target: target.clone(),
             sqlite_sync: options.sqlite_sync,
             busy_timeout: options.acquire_timeout,
         };
@@ -135,7 +135,7 @@ impl Store {
         let reachable = Arc::new(AtomicBool::new(true));
         let inline_readers = if is_sqlite {
             let manager = ConnectionManager {
-                target: DatabaseTarget::parse(&options.url)?,
+                target,
                 sqlite_sync: options.sqlite_sync,
                 // Never wait for a lock on the async thread: a busy database sends the read to the blocking pool.
                 busy_timeout: Duration::ZERO,

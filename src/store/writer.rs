@@ -164,8 +164,6 @@ impl Writer {
                 .unwrap_or_else(|| Error::internal("write skipped by its batch"));
             work(Err(error.clone()))(Err(error));
         }
-        self.reachable
-            .store(!matches!(committed, Err(Error::Unavailable(_))), Ordering::Relaxed);
         if committed.is_ok() {
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
             self.stats.writes.fetch_add(count, Ordering::Relaxed);

@@ -485,11 +485,12 @@ thread_local! {
 fn strip_input_only(value: &mut Value, message: &MessageDescriptor) {
     let Value::Object(object) = value else { return };
     let plan = STRIP_PLANS.with(|plans| {
-        plans
-            .borrow_mut()
-            .entry(message.full_name().to_owned())
-            .or_insert_with(|| std::rc::Rc::new(StripPlan::of(message)))
-            .clone()
+        if let Some(plan) = plans.borrow().get(message.full_name()) {
+            return plan.clone();
+        }
+        let plan = std::rc::Rc::new(StripPlan::of(message));
+        plans.borrow_mut().insert(message.full_name().to_owned(), plan.clone());
+        plan
     });
     for name in &plan.input_only {
         object.remove(name);
