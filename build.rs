@@ -20,9 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
 
+    // Type names let the codec find each message's descriptor, to check its repeated fields before decoding.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_fds(compiler.file_descriptor_set())?;
+        .codec_path("crate::api::codec::LimitedCodec")
+        .compile_fds_with_config(compiler.file_descriptor_set(), config)?;
     Ok(())
 }

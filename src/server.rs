@@ -116,7 +116,12 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         .add_service(reflection)
         .into_axum_router();
     // REST calls reach the plain gRPC router in-process; only callers from outside go through gRPC-Web.
-    let transcoder = Transcoder::new(pb::FILE_DESCRIPTOR_SET, grpc.clone(), config.max_message_bytes)?;
+    let transcoder = Transcoder::new(
+        pb::FILE_DESCRIPTOR_SET,
+        grpc.clone(),
+        config.max_message_bytes,
+        crate::api::codec::decode_limits().clone(),
+    )?;
     let openapi = Bytes::from(serde_json::to_vec(&crate::transcode::openapi::document(
         transcoder.bindings(),
         "user-service",

@@ -1,6 +1,7 @@
 //! The tonic `UserService`: decodes requests, hands the rules to the domain and the writes to the store, and
 //! converts the results. Thin on purpose: no rule lives here.
 
+pub mod codec;
 mod convert;
 mod page_token;
 pub mod status;

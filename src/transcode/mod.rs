@@ -19,6 +19,7 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use tower::ServiceExt;
 
+use crate::decode_limits::{DecodeLimits, decode_off_worker};
 use errors::{error_response, status_from_parts};
 use json::{BadRequest, RestInput};
 use rule::HttpBinding;
@@ -62,11 +63,18 @@ struct Inner {
     bindings: Vec<HttpBinding>,
     grpc: axum::Router,
     max_body_bytes: usize,
+    /// Repeated-field limits, checked on the body's bytes before it is parsed.
+    limits: DecodeLimits,
 }
 
 impl Transcoder {
     /// Reads the http rules of `descriptor_set`; fails on a rule that cannot be served.
-    pub fn new(descriptor_set: &[u8], grpc: axum::Router, max_body_bytes: usize) -> anyhow::Result<Transcoder> {
+    pub fn new(
+        descriptor_set: &[u8],
+        grpc: axum::Router,
+        max_body_bytes: usize,
+        limits: DecodeLimits,
+    ) -> anyhow::Result<Transcoder> {
         let pool = DescriptorPool::decode(descriptor_set)?;
         let bindings = rule::bindings(&pool).map_err(|e| anyhow::anyhow!("http rules: {e}"))?;
         Ok(Transcoder {
@@ -74,6 +82,7 @@ impl Transcoder {
                 bindings,
                 grpc,
                 max_body_bytes,
+                limits,
             }),
         })
     }
@@ -128,7 +137,7 @@ impl Transcoder {
             return Err(response);
         };
 
-        let body = self.read_json_body(&parts.headers, body).await?;
+        let body = self.read_json_body(binding, &parts.headers, body).await?;
         let if_match = parts
             .headers
             .get(header::IF_MATCH)
@@ -152,6 +161,7 @@ impl Transcoder {
     /// Reads and parses the body; absent or empty bodies are `None`.
     async fn read_json_body(
         &self,
+        binding: &HttpBinding,
         headers: &HeaderMap,
         body: AxumBody,
     ) -> Result<Option<serde_json::Value>, Response<AxumBody>> {
@@ -182,7 +192,12 @@ impl Transcoder {
                 Vec::new(),
             ));
         }
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
+        if let Some(message) = body_message(binding) {
+            let limits = &self.inner.limits;
+            decode_off_worker(bytes.len(), || limits.check_json(&message, &bytes))
+                .map_err(|e| invalid_argument(&e.to_string()))?;
+        }
+        let value: serde_json::Value = decode_off_worker(bytes.len(), || serde_json::from_slice(&bytes))
             .map_err(|e| invalid_argument(&format!("the request body is not valid JSON: {e}")))?;
         if json_depth(&value) > MAX_JSON_DEPTH {
             return Err(invalid_argument(&format!(
@@ -255,6 +270,19 @@ impl Transcoder {
         }
         copy_passthrough_headers(&response_parts.headers, response.headers_mut());
         Ok(response)
+    }
+}
+
+/// The message a binding's body becomes: the request, or one of its fields.
+fn body_message(binding: &HttpBinding) -> Option<prost_reflect::MessageDescriptor> {
+    let input = binding.rpc.input();
+    match &binding.body {
+        rule::Body::None => None,
+        rule::Body::All => Some(input),
+        rule::Body::Field(name) => match input.get_field_by_name(name)?.kind() {
+            prost_reflect::Kind::Message(message) => Some(message),
+            _ => None,
+        },
     }
 }
 
