@@ -10,6 +10,7 @@ mod masks;
 mod parity;
 mod process;
 mod reliability;
+mod replicas;
 mod rest;
 mod rpcs;
 mod validation;
