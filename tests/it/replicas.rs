@@ -8,8 +8,11 @@ use diesel::Connection;
 use diesel::connection::SimpleConnection;
 use user_service::pb;
 
+use crate::backend_tests;
 use crate::process::{free_port, serve_command};
-use crate::support::{BearerToken, Client, TEST_SECRET, admin_token, postgres_url};
+use crate::support::{BearerToken, Client, TEST_SECRET, TestApp, admin_token, mask, postgres_url};
+
+backend_tests!(racing_upserts_on_one_new_id_from_two_servers_create_once);
 
 /// `base` (a PostgreSQL URL) pointing at database `name` instead, keeping its host, user and parameters.
 fn with_database(base: &str, name: &str) -> String {
@@ -185,4 +188,98 @@ async fn start_together(url: &str, round: usize) {
             .into_inner();
         assert_eq!(read.email, created.email);
     }
+}
+
+/// Upserts racing on one new id, split across two servers on one database.
+const UPSERTS: usize = 80;
+/// Connections per server the upserts are spread over.
+const CONNECTIONS: usize = 8;
+
+/// `allow_missing` UpdateUser calls on one id that does not exist yet, all at once from two servers on one
+/// database, each setting an attribute of its own: one call creates the user and every other one updates it. No
+/// call fails (never ALREADY_EXISTS for that id), the history holds one create, and every attribute landed.
+async fn racing_upserts_on_one_new_id_from_two_servers_create_once(first: TestApp) {
+    let second = first.start_beside().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut clients = Vec::new();
+    for server in [&first, &second] {
+        for _ in 0..CONNECTIONS {
+            clients.push(server.new_client().await);
+        }
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(UPSERTS));
+    let mut calls = Vec::new();
+    for n in 0..UPSERTS {
+        let mut client = clients[n % clients.len()].clone();
+        let (id, start) = (id.clone(), start.clone());
+        calls.push(tokio::spawn(async move {
+            let key = format!("call{n}");
+            start.wait().await;
+            client
+                .update_user(pb::UpdateUserRequest {
+                    user: Some(pb::User {
+                        id,
+                        email: "upsert@example.com".into(),
+                        attributes: Some(prost_types::Struct {
+                            fields: [(
+                                key.clone(),
+                                prost_types::Value {
+                                    kind: Some(prost_types::value::Kind::BoolValue(true)),
+                                },
+                            )]
+                            .into(),
+                        }),
+                        ..Default::default()
+                    }),
+                    update_mask: mask(&[&format!("attributes.{key}")]),
+                    allow_missing: true,
+                    ..Default::default()
+                })
+                .await
+        }));
+    }
+    let mut failed = Vec::new();
+    for (n, call) in calls.into_iter().enumerate() {
+        if let Err(status) = call.await.expect("call task") {
+            failed.push(format!("call {n}: {:?} {}", status.code(), status.message()));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {UPSERTS} upserts failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+
+    let mut client = first.client.clone();
+    let user = client
+        .get_user(pb::GetUserRequest { id: id.clone() })
+        .await
+        .expect("the user exists")
+        .into_inner();
+    assert_eq!(user.revision, UPSERTS as i64, "one revision per call");
+    let keys = user.attributes.map_or(0, |a| a.fields.len());
+    assert_eq!(keys, UPSERTS, "every call's attribute landed");
+    let revisions = client
+        .list_user_revisions(pb::ListUserRevisionsRequest {
+            id: id.clone(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("revisions")
+        .into_inner()
+        .revisions;
+    assert_eq!(revisions.len(), UPSERTS);
+    let creates: Vec<i64> = revisions
+        .iter()
+        .filter(|r| {
+            r.update_mask
+                .as_ref()
+                .is_some_and(|m| m.paths.iter().any(|p| p == "email"))
+        })
+        .map(|r| r.revision)
+        .collect();
+    assert_eq!(creates, vec![1], "exactly one create, and it is revision 1");
+    drop(second);
 }
