@@ -7,6 +7,7 @@ mod concurrency;
 mod group_commit;
 mod http;
 mod masks;
+mod pages;
 mod parity;
 mod process;
 mod reliability;
