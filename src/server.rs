@@ -63,7 +63,8 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
     let store = tokio::task::spawn_blocking(move || Store::open(&options)).await??;
 
     let metrics = Arc::new(Metrics::default());
-    let user_service = UserServiceServer::new(UserServiceImpl::new(store.clone(), metrics.clone()))
+    let service = UserServiceImpl::new(store.clone(), metrics.clone()).with_max_message_bytes(config.max_message_bytes);
+    let user_service = UserServiceServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

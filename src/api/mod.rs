@@ -31,6 +31,11 @@ pub const DEFAULT_PAGE_SIZE: i32 = 50;
 pub const MAX_PAGE_SIZE: i32 = 1000;
 /// Most updates one BatchUpdateUsers may carry.
 pub const MAX_BATCH_SIZE: usize = 1000;
+/// The message limit list pages are cut to when none is configured (the default of `--max-message-bytes`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// What a list page leaves free under the message limit for everything but its items: the next_page_token (an
+/// e-mail cursor is at most a few hundred bytes, base64 of JSON) and its field key.
+const PAGE_RESERVE_BYTES: usize = 4 * 1024;
 
 /// The service, cheap to clone: every clone shares the store.
 #[derive(Clone)]
@@ -39,6 +44,8 @@ pub struct UserServiceImpl {
     metrics: std::sync::Arc<Metrics>,
     /// Wrong current passwords per caller.
     password_attempts: std::sync::Arc<RateLimiter>,
+    /// The largest message the server sends: list pages stop adding items before passing it.
+    max_message_bytes: usize,
 }
 
 impl UserServiceImpl {
@@ -47,7 +54,20 @@ impl UserServiceImpl {
             store,
             metrics,
             password_attempts: std::sync::Arc::new(RateLimiter::new(PASSWORD_ATTEMPTS_PER_SECOND, PASSWORD_ATTEMPTS)),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
+    }
+
+    /// Cuts list pages to the server's message limit (`--max-message-bytes`), which the encoder enforces: a
+    /// page past it would fail with OUT_OF_RANGE (REST 400) instead of arriving shorter, with a token.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// The encoded bytes a page's items may take.
+    fn page_budget(&self) -> usize {
+        self.max_message_bytes.saturating_sub(PAGE_RESERVE_BYTES)
     }
 }
 
@@ -128,15 +148,44 @@ fn page_size(requested: i32) -> Result<i64, Error> {
     }
 }
 
-/// Cuts a page fetched with one extra row back to `limit` and returns the token of the next page: empty when
-/// the extra row was not there, i.e. on the last page.
-fn cut_page<T>(rows: &mut Vec<T>, limit: i64, token_after: impl FnOnce(&T) -> String) -> String {
+/// Field number of the repeated items in both list responses (`users`, `revisions`).
+const PAGE_ITEMS_FIELD: u32 = 1;
+
+/// Turns rows fetched with one extra into a page's items: at most `limit`, and no more than fit in `budget`
+/// encoded bytes (AIP-158: a page may hold fewer than asked), but always one so that a walk moves on. Returns
+/// the items and the token of the next page, which continues right after the last item returned; empty when
+/// every row made it in and the extra one was not there, i.e. on the last page.
+fn fit_page<T, P: prost::Message>(
+    rows: &[T],
+    limit: i64,
+    budget: usize,
+    to_proto: impl Fn(&T) -> P,
+    token_after: impl FnOnce(&T) -> String,
+) -> (Vec<P>, String) {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if rows.len() <= limit {
-        return String::new();
+    let mut items = Vec::with_capacity(rows.len().min(limit));
+    let mut size = 0usize;
+    for row in rows.iter().take(limit) {
+        let item = to_proto(row);
+        // What the item adds to the response: its key, its length prefix and its bytes.
+        let added = prost::encoding::message::encoded_len(PAGE_ITEMS_FIELD, &item);
+        if !items.is_empty() && size.saturating_add(added) > budget {
+            break;
+        }
+        size = size.saturating_add(added);
+        items.push(item);
     }
-    rows.truncate(limit);
-    rows.last().map(token_after).unwrap_or_default()
+    let token = if items.len() < rows.len() {
+        items
+            .len()
+            .checked_sub(1)
+            .and_then(|last| rows.get(last))
+            .map(token_after)
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    (items, token)
 }
 
 fn parse_order_by(raw: &str) -> Result<OrderBy, Error> {
@@ -453,7 +502,7 @@ impl UserService for UserServiceImpl {
                     ));
                 }
             }
-            let mut users = self
+            let users = self
                 .store
                 .list(ListQuery {
                     filter,
@@ -463,16 +512,13 @@ impl UserService for UserServiceImpl {
                     limit: limit + 1,
                 })
                 .await?;
-            let next_page_token = cut_page(&mut users, limit, |last| {
+            let (users, next_page_token) = fit_page(&users, limit, self.page_budget(), user_to_proto, |last| {
                 PageToken {
                     cursor: Cursor::after(last, order),
                 }
                 .encode(query_hash)
             });
-            Ok(pb::ListUsersResponse {
-                users: users.iter().map(user_to_proto).collect(),
-                next_page_token,
-            })
+            Ok(pb::ListUsersResponse { users, next_page_token })
         })
         .await
     }
@@ -598,15 +644,55 @@ impl UserService for UserServiceImpl {
             let limit = page_size(req.page_size)?;
             let query_hash = page_token::query_hash(&[&req.id]);
             let before = page_token::RevisionToken::decode(&req.page_token, query_hash)?.map(|t| t.before);
-            let mut revisions = self.store.revisions(id, before, limit + 1).await?;
-            let next_page_token = cut_page(&mut revisions, limit, |last| {
-                page_token::RevisionToken { before: last.revision }.encode(query_hash)
-            });
+            let revisions = self.store.revisions(id, before, limit + 1).await?;
+            let (revisions, next_page_token) =
+                fit_page(&revisions, limit, self.page_budget(), revision_to_proto, |last| {
+                    page_token::RevisionToken { before: last.revision }.encode(query_hash)
+                });
             Ok(pb::ListUserRevisionsResponse {
-                revisions: revisions.iter().map(revision_to_proto).collect(),
+                revisions,
                 next_page_token,
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_page;
+
+    /// Items of about `n` encoded bytes each.
+    fn item(n: usize) -> prost_types::Value {
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("x".repeat(n))),
+        }
+    }
+
+    #[test]
+    fn a_page_stops_before_the_budget_and_continues_after_its_last_item() {
+        let rows: Vec<usize> = (0..10).collect();
+        // Each item takes 1 (key) + 2 (length) + 1 (key) + 2 (length) + 200 bytes = 206.
+        let (items, token) = fit_page(&rows, 9, 206 * 3 + 100, |_| item(200), |last| last.to_string());
+        assert_eq!(items.len(), 3);
+        assert_eq!(token, "2", "the next page starts after the third row");
+    }
+
+    #[test]
+    fn an_item_larger_than_the_budget_still_makes_a_page() {
+        let rows = vec![0usize, 1];
+        let (items, token) = fit_page(&rows, 5, 10, |_| item(200), |last| last.to_string());
+        assert_eq!(items.len(), 1);
+        assert_eq!(token, "0");
+    }
+
+    #[test]
+    fn the_last_page_has_no_token_and_the_limit_still_cuts() {
+        let rows: Vec<usize> = (0..4).collect();
+        let (items, token) = fit_page(&rows, 4, usize::MAX, |_| item(1), |last| last.to_string());
+        assert_eq!((items.len(), token.as_str()), (4, ""));
+        // Fetched with one extra row: the limit cuts it and the token points after the last one kept.
+        let (items, token) = fit_page(&rows, 3, usize::MAX, |_| item(1), |last| last.to_string());
+        assert_eq!((items.len(), token.as_str()), (3, "2"));
     }
 }

@@ -162,12 +162,35 @@ pub fn with_connection<T>(
     run_inline(&mut conn, f)
 }
 
+/// The PostgreSQL advisory lock (two-key form: this service, then "migrations") that serializes migration runs
+/// of every process on one database. Two-key advisory locks never conflict with one-key ones.
+const MIGRATION_LOCK: (i32, i32) = (0x7573_6572, 1);
+
 /// Runs the pending migrations of the connection's backend; returns how many ran.
+///
+/// On PostgreSQL the run holds a session-level advisory lock: replicas starting together on a fresh database
+/// would otherwise create the same tables at once and all but one fail (`relation "users" already exists`, or
+/// a duplicate key in `pg_type`). A process that waited finds the migrations applied and runs none. SQLite
+/// runs them in one `BEGIN IMMEDIATE` transaction, which takes the file's write lock before the harness looks
+/// for pending migrations, for the same reason (`table users already exists` otherwise).
 pub fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<usize> {
     let applied = match conn {
-        DbConnection::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS),
-        DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
+        DbConnection::Postgres(c) => {
+            let (class, key) = MIGRATION_LOCK;
+            c.batch_execute(&format!("SELECT pg_advisory_lock({class}, {key})"))
+                .map_err(|e| anyhow::anyhow!("taking the migration lock: {e}"))?;
+            let applied = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len());
+            // Released explicitly so a connection kept open after this cannot block the next run; a failed
+            // unlock only means the lock goes when the connection closes.
+            if let Err(e) = c.batch_execute(&format!("SELECT pg_advisory_unlock({class}, {key})")) {
+                tracing::warn!(error = %e, "releasing the migration lock failed; it is released on disconnect");
+            }
+            applied
+        }
+        DbConnection::Sqlite(c) => {
+            c.immediate_transaction(|c| c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()))
+        }
     }
     .map_err(|e| anyhow::anyhow!("running migrations: {e}"))?;
-    Ok(applied.len())
+    Ok(applied)
 }

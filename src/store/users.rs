@@ -174,23 +174,36 @@ pub type Stored = (User, Option<String>);
 /// read-modify-write sees the latest committed version and no concurrent writer slips in between. Rows are
 /// locked in id order, so two batches touching the same users cannot deadlock. Unknown ids are left out.
 ///
-/// PostgreSQL locks and reads in one `SELECT … FOR UPDATE` round trip. SQLite has no row locks: a no-op
-/// UPDATE takes the database write lock, then the rows are read.
+/// PostgreSQL locks and reads in one `SELECT … FOR UPDATE` round trip. A row that does not exist cannot be
+/// locked, so two writes may both find an id missing and both create it, and the second would fail on the
+/// primary key; an `allow_missing` upsert must update instead. So each missing id also takes a transaction-level
+/// advisory lock of its own (in key order, so creators cannot deadlock) and is read again under it: a write
+/// that waited for a creator sees its committed row (each statement reads the latest commits) and updates it.
+/// SQLite has no row locks: a no-op UPDATE takes the database write lock, then the rows are read; one writer
+/// at a time means a missing row stays missing until this transaction ends.
 pub fn lock_all(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<HashMap<Uuid, Stored>> {
     let rows: Vec<UserRow> = match conn {
-        DbConnection::Postgres(pg) => match ids {
-            [id] => users::table
-                .find(id.to_string())
-                .select(UserRow::as_select())
-                .for_update()
-                .load(pg)?,
-            _ => users::table
-                .filter(users::id.eq_any(ids.iter().map(Uuid::to_string).collect::<Vec<_>>()))
-                .order(users::id)
-                .select(UserRow::as_select())
-                .for_update()
-                .load(pg)?,
-        },
+        DbConnection::Postgres(pg) => {
+            let mut rows = lock_rows(pg, ids)?;
+            if rows.len() < ids.len() {
+                let found: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+                let missing: Vec<Uuid> = ids
+                    .iter()
+                    .filter(|id| !found.contains(id.to_string().as_str()))
+                    .copied()
+                    .collect();
+                let mut keys: Vec<i64> = missing.iter().map(create_lock_key).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                for key in keys {
+                    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                        .bind::<diesel::sql_types::BigInt, _>(key)
+                        .execute(pg)?;
+                }
+                rows.extend(lock_rows(pg, &missing)?);
+            }
+            rows
+        }
         DbConnection::Sqlite(_) => {
             let mut rows = Vec::with_capacity(ids.len());
             for id in ids {
@@ -205,6 +218,31 @@ pub fn lock_all(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<HashMap<Uu
     rows.into_iter()
         .map(|row| row.into_user().map(|stored| (stored.0.id, stored)))
         .collect()
+}
+
+/// PostgreSQL: locks the existing rows of `ids` (sorted, without repeats) in id order and reads them.
+fn lock_rows(pg: &mut diesel::PgConnection, ids: &[Uuid]) -> QueryResult<Vec<UserRow>> {
+    match ids {
+        [id] => users::table
+            .find(id.to_string())
+            .select(UserRow::as_select())
+            .for_update()
+            .load(pg),
+        _ => users::table
+            .filter(users::id.eq_any(ids.iter().map(Uuid::to_string).collect::<Vec<_>>()))
+            .order(users::id)
+            .select(UserRow::as_select())
+            .for_update()
+            .load(pg),
+    }
+}
+
+/// The one-key advisory lock that serializes the creation of `id` (the two-key space holds the migration
+/// lock). Both halves of the UUID are folded in, so ids made in the same millisecond (v7) still differ; two
+/// ids sharing a key only wait for each other.
+fn create_lock_key(id: &Uuid) -> i64 {
+    let (high, low) = id.as_u64_pair();
+    (high ^ low).cast_signed()
 }
 
 /// The row of `id`. No `LIMIT` (the key is unique): SQLite re-prepares a statement whose `LIMIT` is a bound

@@ -8,7 +8,7 @@ use user_service::pb::user_service_client::UserServiceClient;
 
 use crate::support::{BearerToken, Client, TEST_SECRET, admin_token};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -16,7 +16,7 @@ fn free_port() -> u16 {
 }
 
 /// `user-service serve` on `port` and `database_url`, quiet, with no secret chosen yet.
-fn serve_command(database_url: &str, port: u16) -> Command {
+pub(crate) fn serve_command(database_url: &str, port: u16) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_user-service"));
     command
         .args([
@@ -40,7 +40,7 @@ fn spawn(database_url: &str, port: u16) -> Child {
         .expect("binary starts")
 }
 
-async fn connect(port: u16) -> Client {
+pub(crate) async fn connect(port: u16) -> Client {
     for _ in 0..100 {
         if let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
             .expect("uri")

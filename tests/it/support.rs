@@ -151,6 +151,24 @@ impl TestApp {
                 (url, None, Some((base, schema)))
             }
         };
+        TestApp::start_on(database_url, dir, pg_schema, configure).await
+    }
+
+    /// Another server on this server's database (the same SQLite file, or the same PostgreSQL schema), as a
+    /// second replica would run. The database stays owned by `self`: keep it alive while this one runs.
+    pub async fn start_beside(&self) -> TestApp {
+        TestApp::start_on(self.database_url.clone(), None, None, |_| {})
+            .await
+            .expect("a server on the same database starts")
+    }
+
+    /// Starts a server on an existing database; `dir` and `pg_schema` are what it removes when dropped.
+    async fn start_on(
+        database_url: String,
+        dir: Option<tempfile::TempDir>,
+        pg_schema: Option<(String, String)>,
+        configure: impl FnOnce(&mut ServeConfig),
+    ) -> Option<TestApp> {
         let mut config = ServeConfig::for_database(&database_url);
         config.database.db_pool_size = 8;
         config.auth.jwt_secret = Some(TEST_SECRET.into());
