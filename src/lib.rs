@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod gate;
+pub mod hash_pool;
 pub mod limits;
 pub mod metrics;
 pub mod server;

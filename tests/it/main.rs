@@ -6,6 +6,7 @@ mod auth;
 mod concurrency;
 mod group_commit;
 mod http;
+mod limits;
 mod masks;
 mod parity;
 mod process;
