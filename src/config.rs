@@ -133,6 +133,13 @@ pub struct ServeConfig {
     #[arg(long, env = "USER_SERVICE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Most Argon2id computations at once (password hashes on create, update and batch; checks of a current
+    /// password). Each holds 19 MiB, kept for the next; calls beyond it wait within their deadline.
+    /// Default: the number of CPUs.
+    #[arg(long, env = "USER_SERVICE_PASSWORD_HASH_CONCURRENCY", default_value_t = cpu_count(),
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub password_hash_concurrency: u16,
+
     /// How often soft-deleted users past their purge time are removed for good.
     #[arg(long, env = "USER_SERVICE_PURGE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub purge_interval: Duration,
@@ -147,6 +154,13 @@ impl ServeConfig {
             Command::Migrate(_) | Command::Token(_) => unreachable!("parsed a serve command"),
         }
     }
+}
+
+/// The CPUs this process may use (1 when unknown).
+fn cpu_count() -> u16 {
+    std::thread::available_parallelism()
+        .map(|n| u16::try_from(n.get()).unwrap_or(1024).min(1024))
+        .unwrap_or(1)
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`.

@@ -32,7 +32,8 @@ pub struct PeerAddr(pub SocketAddr);
 pub struct Gate {
     pub metrics: Arc<Metrics>,
     pub verifier: Verifier,
-    pub limiter: RateLimiter,
+    /// Shared with the service, which charges it for work dearer than a request (passwords to hash).
+    pub limiter: Arc<RateLimiter>,
     pub request_timeout: Duration,
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod decode_limits;
 pub mod domain;
 pub mod gate;
+pub mod hash_pool;
 pub mod limits;
 pub mod metrics;
 pub mod server;

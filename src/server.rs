@@ -29,6 +29,7 @@ use crate::api::UserServiceImpl;
 use crate::auth::Verifier;
 use crate::config::ServeConfig;
 use crate::gate::{Gate, PeerAddr};
+use crate::hash_pool::HashPool;
 use crate::limits::RateLimiter;
 use crate::metrics::{Metrics, Protocol};
 use crate::pb;
@@ -63,10 +64,15 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
     let store = tokio::task::spawn_blocking(move || Store::open(&options)).await??;
 
     let metrics = Arc::new(Metrics::default());
-    let service = UserServiceImpl::new(store.clone(), metrics.clone()).with_max_message_bytes(config.max_message_bytes);
-    let user_service = UserServiceServer::new(service)
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    // The gate spends the per-caller limiter per request; the service spends it per password to hash.
+    let limiter = Arc::new(RateLimiter::new(config.rate_limit, config.rate_burst));
+    let hash_pool = Arc::new(HashPool::new(usize::from(config.password_hash_concurrency)));
+    let user_service = UserServiceServer::new(
+        UserServiceImpl::new(store.clone(), metrics.clone(), limiter.clone(), hash_pool)
+            .with_max_message_bytes(config.max_message_bytes),
+    )
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -138,7 +144,7 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
     let gate = Arc::new(Gate {
         metrics: metrics.clone(),
         verifier,
-        limiter: RateLimiter::new(config.rate_limit, config.rate_burst),
+        limiter,
         request_timeout: config.request_timeout,
     });
     // The gate sits inside the gRPC-Web translation (so its refusals reach browsers as gRPC-Web) and in front

@@ -6,6 +6,8 @@ mod convert;
 mod page_token;
 pub mod status;
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -13,11 +15,12 @@ use uuid::Uuid;
 use crate::domain::caller::Caller;
 use crate::domain::change::{self, Outcome, PasswordInput, Patch};
 use crate::domain::error::{Conflict, Error, FieldViolation};
-use crate::domain::field_mask::UpdateMask;
+use crate::domain::field_mask::{UpdateMask, UserField};
 use crate::domain::permission::{self, Rpc};
 use crate::domain::user::{User, UserFields};
-use crate::domain::{filter, password, validate};
-use crate::limits::RateLimiter;
+use crate::domain::{filter, validate};
+use crate::hash_pool::HashPool;
+use crate::limits::{self, Admission, RateLimiter};
 use crate::metrics::{Metrics, Protocol};
 use crate::pb;
 use crate::pb::user_service_server::UserService;
@@ -37,23 +40,33 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// e-mail cursor is at most a few hundred bytes, base64 of JSON) and its field key.
 const PAGE_RESERVE_BYTES: usize = 4 * 1024;
 
-/// The service, cheap to clone: every clone shares the store.
+/// The service, cheap to clone: every clone shares the store, the limiters and the hash pool.
 #[derive(Clone)]
 pub struct UserServiceImpl {
     store: Store,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     /// Wrong current passwords per caller.
-    password_attempts: std::sync::Arc<RateLimiter>,
+    password_attempts: Arc<RateLimiter>,
+    /// The per-caller request budget the gate spends per request; each password to hash costs a token more.
+    requests: Arc<RateLimiter>,
+    /// `EMAIL_TAKEN`/`USERNAME_TAKEN` answers per self-service caller, so they cannot map who is registered.
+    conflict_answers: Arc<RateLimiter>,
+    /// Where every Argon2id computation runs.
+    hash_pool: Arc<HashPool>,
     /// The largest message the server sends: list pages stop adding items before passing it.
     max_message_bytes: usize,
 }
 
 impl UserServiceImpl {
-    pub fn new(store: Store, metrics: std::sync::Arc<Metrics>) -> Self {
+    /// `requests` is the gate's per-caller limiter (keyed by [`limits::caller_key`]).
+    pub fn new(store: Store, metrics: Arc<Metrics>, requests: Arc<RateLimiter>, hash_pool: Arc<HashPool>) -> Self {
         UserServiceImpl {
             store,
             metrics,
-            password_attempts: std::sync::Arc::new(RateLimiter::new(PASSWORD_ATTEMPTS_PER_SECOND, PASSWORD_ATTEMPTS)),
+            password_attempts: Arc::new(RateLimiter::new(PASSWORD_ATTEMPTS_PER_SECOND, PASSWORD_ATTEMPTS)),
+            requests,
+            conflict_answers: Arc::new(RateLimiter::new(CONFLICT_ANSWERS_PER_SECOND, CONFLICT_ANSWERS)),
+            hash_pool,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
@@ -123,21 +136,93 @@ impl UserServiceImpl {
     }
 }
 
-/// Checks a new password against the policy and hashes it off the async runtime.
-async fn password_input(password: &str, field: &str) -> Result<PasswordInput, Error> {
-    if password.is_empty() {
-        return Ok(PasswordInput::Absent);
+impl UserServiceImpl {
+    /// Checks a new password against the policy and hashes it on the pool.
+    async fn password_input(&self, password: &str, field: &str) -> Result<PasswordInput, Error> {
+        if password.is_empty() {
+            return Ok(PasswordInput::Absent);
+        }
+        let mut violations = Vec::new();
+        validate::validate_password(password, field, &mut violations);
+        if !violations.is_empty() {
+            return Ok(PasswordInput::Invalid(violations));
+        }
+        self.hash_pool
+            .hash(password.to_owned())
+            .await
+            .map(PasswordInput::Hashed)
     }
-    let mut violations = Vec::new();
-    validate::validate_password(password, field, &mut violations);
-    if !violations.is_empty() {
-        return Ok(PasswordInput::Invalid(violations));
+
+    /// Charges `count` passwords to hash to the caller's request budget, all or none, before any is hashed: a
+    /// hash costs hundreds of times what a read does, so one request token must not buy a thousand of them.
+    fn charge_passwords(&self, caller: &Caller, count: usize) -> Result<(), Error> {
+        if count == 0 {
+            return Ok(());
+        }
+        let cost = u32::try_from(count).unwrap_or(u32::MAX);
+        let Admission::Limited { retry_after } = self.requests.take_n(&limits::caller_key(&caller.subject), cost)
+        else {
+            return Ok(());
+        };
+        let burst = self.requests.capacity();
+        let (message, retry_after) = if u64::from(cost) > burst {
+            (
+                format!(
+                    "{count} passwords to hash cost {count} rate-limit tokens, more than the burst of {burst}; \
+                     send fewer passwords per call"
+                ),
+                self.requests.refill_time(),
+            )
+        } else {
+            (
+                format!("{count} passwords to hash cost {count} rate-limit tokens; the rate limit is exhausted"),
+                retry_after,
+            )
+        };
+        Err(Error::ResourceExhausted {
+            reason: "RATE_LIMITED",
+            message,
+            retry_after,
+        })
     }
-    let password = password.to_owned();
-    tokio::task::spawn_blocking(move || password::hash(&password))
-        .await
-        .map_err(|e| Error::internal(format!("password hashing task failed: {e}")))?
-        .map(PasswordInput::Hashed)
+
+    /// Writes, keeping a self-service caller within its allowance of `EMAIL_TAKEN`/`USERNAME_TAKEN` answers
+    /// when the write may give one (`may_conflict`). The allowance is reserved before the write, so concurrent
+    /// probes cannot all be answered, and given back unless the answer is such a conflict; once it is spent,
+    /// every such write is refused, whether or not its value is taken, so the refusal tells nothing either.
+    async fn write_within_conflict_allowance(
+        &self,
+        caller: &Caller,
+        mutations: Vec<Mutation>,
+        validate_only: bool,
+        may_conflict: bool,
+    ) -> Result<Vec<User>, Error> {
+        let reservation = if may_conflict && !caller.is_admin() {
+            Some(self.conflict_answers.reserve(&caller.subject).map_err(|retry_after| {
+                Error::ResourceExhausted {
+                    reason: "TOO_MANY_CONFLICTS",
+                    message: "too many changes to an e-mail address or username that is already taken; wait \
+                                  before trying again"
+                        .into(),
+                    retry_after,
+                }
+            })?)
+        } else {
+            None
+        };
+        let result = self.store.write(caller.subject.clone(), mutations, validate_only).await;
+        if let (
+            Some(reservation),
+            Err(Error::AlreadyExists {
+                conflict: Conflict::Email | Conflict::Username,
+                ..
+            }),
+        ) = (reservation, &result)
+        {
+            reservation.spend();
+        }
+        result
+    }
 }
 
 fn page_size(requested: i32) -> Result<i64, Error> {
@@ -221,6 +306,18 @@ fn parse_order_by(raw: &str) -> Result<OrderBy, Error> {
 const PASSWORD_ATTEMPTS: u32 = 5;
 const PASSWORD_ATTEMPTS_PER_SECOND: f64 = 1.0 / 60.0;
 
+/// Most `EMAIL_TAKEN`/`USERNAME_TAKEN` answers a self-service caller gets per hour (API §11).
+const CONFLICT_ANSWERS: u32 = 10;
+const CONFLICT_ANSWERS_PER_SECOND: f64 = CONFLICT_ANSWERS as f64 / 3600.0;
+
+/// An update ready for the store.
+struct PreparedUpdate {
+    id: Uuid,
+    decide: crate::store::Decide,
+    /// Whether the write can fail on an e-mail address or username that is taken.
+    may_conflict: bool,
+}
+
 impl UserServiceImpl {
     /// Checks a self-service password change: the current password must be sent and right. Returns the
     /// revision the check saw, so the write can refuse a user that changed in between.
@@ -244,13 +341,18 @@ impl UserServiceImpl {
                 "is required to change your own password",
             ));
         }
+        // The attempt is counted before the hash runs, so a burst of guesses gets no more checks than the same
+        // guesses one after another; anything but a wrong password (a right one, a failure, a cancelled call)
+        // gives it back when `attempt` is dropped.
         let key = format!("password:{}", caller.subject);
-        if !self.password_attempts.has_token(&key) {
-            return Err(Error::ResourceExhausted {
+        let attempt = self
+            .password_attempts
+            .reserve(&key)
+            .map_err(|retry_after| Error::ResourceExhausted {
+                reason: "TOO_MANY_ATTEMPTS",
                 message: "too many wrong current passwords; wait before trying again".into(),
-                retry_after: std::time::Duration::from_secs_f64(1.0 / PASSWORD_ATTEMPTS_PER_SECOND),
-            });
-        }
+                retry_after,
+            })?;
         let Some((hash, revision)) = self.store.password_state(id).await? else {
             return Err(Error::not_found(id));
         };
@@ -258,14 +360,10 @@ impl UserServiceImpl {
             // No password yet: there is nothing to confirm.
             return Ok(Some(revision));
         };
-        let current = current.to_owned();
-        let matches = tokio::task::spawn_blocking(move || password::verify(&current, &hash))
-            .await
-            .map_err(|e| Error::internal(format!("password check failed: {e}")))?;
-        if matches {
+        if self.hash_pool.verify(current.to_owned(), hash).await? {
             Ok(Some(revision))
         } else {
-            self.password_attempts.take(&key);
+            attempt.spend();
             Err(Error::PermissionDenied {
                 reason: "WRONG_PASSWORD",
                 message: "current_password is not the user's password".into(),
@@ -281,7 +379,7 @@ impl UserServiceImpl {
         caller: &Caller,
         req: pb::UpdateUserRequest,
         prefix: &str,
-    ) -> Result<(Uuid, crate::store::Decide), Error> {
+    ) -> Result<PreparedUpdate, Error> {
         let path = |field: &str| {
             if prefix.is_empty() {
                 field.to_owned()
@@ -309,6 +407,11 @@ impl UserServiceImpl {
         };
         Error::check(violations)?;
         let full = mask == UpdateMask::Full;
+        let may_conflict = req.allow_missing
+            || mask
+                .fields(password_sent)
+                .iter()
+                .any(|f| matches!(f, UserField::Email | UserField::Username));
         if !full {
             permission::check_writable(caller, &mask.fields(password_sent))
                 .map_err(|e| e.with_field_prefix_if(prefix))?;
@@ -319,7 +422,7 @@ impl UserServiceImpl {
         } else {
             None
         };
-        let password = password_input(&user.password, &path("user.password")).await?;
+        let password = self.password_input(&user.password, &path("user.password")).await?;
         let allow_missing = req.allow_missing;
         let patch = Patch {
             fields,
@@ -348,7 +451,11 @@ impl UserServiceImpl {
             }
             None => Err(Error::not_found(id)),
         });
-        Ok((id, decide))
+        Ok(PreparedUpdate {
+            id,
+            decide,
+            may_conflict,
+        })
     }
 }
 
@@ -400,7 +507,8 @@ impl UserService for UserServiceImpl {
             let mut violations = Vec::new();
             let fields = fields_from_proto(&user, "user", &mut violations);
             Error::check(violations)?;
-            let password = password_input(&user.password, "user.password").await?;
+            self.charge_passwords(&ctx.caller, usize::from(!user.password.is_empty()))?;
+            let password = self.password_input(&user.password, "user.password").await?;
             let decide: crate::store::Decide = Box::new(move |stored, now| match stored {
                 Some(_) => Err(Error::AlreadyExists {
                     conflict: Conflict::UserId,
@@ -526,17 +634,19 @@ impl UserService for UserServiceImpl {
     async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
         self.handle("UpdateUser", request, |ctx, req| async move {
             let validate_only = req.validate_only;
-            let (id, decide) = self.prepare_update(&ctx.caller, req, "").await?;
+            let passwords = req.user.as_ref().is_some_and(|u| !u.password.is_empty());
+            self.charge_passwords(&ctx.caller, usize::from(passwords))?;
+            let update = self.prepare_update(&ctx.caller, req, "").await?;
             let users = self
-                .store
-                .write(
-                    ctx.caller.subject,
+                .write_within_conflict_allowance(
+                    &ctx.caller,
                     vec![Mutation {
-                        id,
+                        id: update.id,
                         field_prefix: None,
-                        decide,
+                        decide: update.decide,
                     }],
                     validate_only,
+                    update.may_conflict,
                 )
                 .await?;
             single(users)
@@ -602,7 +712,14 @@ impl UserService for UserServiceImpl {
                     ),
                 ));
             }
+            let passwords = req
+                .requests
+                .iter()
+                .filter(|item| item.user.as_ref().is_some_and(|u| !u.password.is_empty()))
+                .count();
+            self.charge_passwords(&ctx.caller, passwords)?;
             let mut mutations = Vec::with_capacity(req.requests.len());
+            let mut may_conflict = false;
             let mut invalid = Vec::new();
             for (i, item) in req.requests.into_iter().enumerate() {
                 let prefix = format!("requests[{i}]");
@@ -614,11 +731,14 @@ impl UserService for UserServiceImpl {
                     continue;
                 }
                 match self.prepare_update(&ctx.caller, item, &prefix).await {
-                    Ok((id, decide)) => mutations.push(Mutation {
-                        id,
-                        field_prefix: Some(prefix),
-                        decide,
-                    }),
+                    Ok(update) => {
+                        may_conflict |= update.may_conflict;
+                        mutations.push(Mutation {
+                            id: update.id,
+                            field_prefix: Some(prefix),
+                            decide: update.decide,
+                        });
+                    }
                     Err(e @ Error::InvalidArgument { .. }) => invalid.push(e),
                     Err(e) => return Err(e),
                 }
@@ -626,7 +746,9 @@ impl UserService for UserServiceImpl {
             if let Some(e) = Error::combine_invalid(invalid) {
                 return Err(e);
             }
-            let users = self.store.write(ctx.caller.subject, mutations, false).await?;
+            let users = self
+                .write_within_conflict_allowance(&ctx.caller, mutations, false, may_conflict)
+                .await?;
             Ok(pb::BatchUpdateUsersResponse {
                 users: users.iter().map(user_to_proto).collect(),
             })

@@ -76,8 +76,12 @@ pub fn to_status(error: Error, request_id: &str) -> Status {
             }
             Status::with_error_details(Code::PermissionDenied, message, details)
         }
-        Error::ResourceExhausted { message, retry_after } => {
-            info(&mut details, "TOO_MANY_ATTEMPTS", HashMap::new());
+        Error::ResourceExhausted {
+            reason,
+            message,
+            retry_after,
+        } => {
+            info(&mut details, reason, HashMap::new());
             details.set_retry_info(Some(retry_after));
             Status::with_error_details(Code::ResourceExhausted, message, details)
         }

@@ -63,9 +63,11 @@ pub enum Error {
         message: String,
         fields: Vec<String>,
     },
-    /// RESOURCE_EXHAUSTED with `RetryInfo`: the caller must wait before trying again.
+    /// RESOURCE_EXHAUSTED with `RetryInfo`: the caller must wait before trying again; `reason` goes to
+    /// `ErrorInfo` (`TOO_MANY_ATTEMPTS`, `RATE_LIMITED`, `TOO_MANY_CONFLICTS`).
     #[error("{message}")]
     ResourceExhausted {
+        reason: &'static str,
         message: String,
         retry_after: std::time::Duration,
     },

@@ -7,6 +7,7 @@ mod concurrency;
 mod decode_limits;
 mod group_commit;
 mod http;
+mod limits;
 mod masks;
 mod pages;
 mod parity;

@@ -249,9 +249,29 @@ impl Drop for TestApp {
     }
 }
 
-/// Declares each listed `async fn(TestApp)` as two tests, `<name>::sqlite` and `<name>::postgres`.
+/// Declares each listed `async fn(TestApp)` as two tests, `<name>::sqlite` and `<name>::postgres`. With
+/// `configure = <name of a fn(&mut ServeConfig) beside the tests>;` first, the servers start with that configuration.
 #[macro_export]
 macro_rules! backend_tests {
+    (configure = $configure:ident; $($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::support::{Backend, TestApp};
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let app = TestApp::start_with(Backend::Sqlite, super::$configure).await.expect("SQLite is always available");
+                    super::$name(app).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let Some(app) = TestApp::start_with(Backend::Postgres, super::$configure).await else { return };
+                    super::$name(app).await;
+                }
+            }
+        )*
+    };
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
