@@ -57,7 +57,7 @@ def main():
     os.sched_setaffinity(0, {1})
     work = tempfile.mkdtemp()
     port = free_port()
-    env = {**os.environ, "RUST_LOG": "warn", "USER_SERVICE_JWT_SECRET": "bench-secret",
+    env = {**os.environ, "RUST_LOG": "warn", "USER_SERVICE_JWT_SECRET": "bench-secret-of-at-least-32-bytes-long",
            "USER_SERVICE_DATA_DIR": work}
     token = subprocess.check_output([binary, "token", "--sub", "bench", "--scope", "users.admin"], env=env,
                                     text=True).strip()

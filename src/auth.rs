@@ -11,18 +11,21 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::caller::Caller;
+use crate::domain::caller::{Caller, shown};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECONDS: u64 = 30;
 /// Name of the generated secret's file in the data folder.
 pub const SECRET_FILE: &str = "jwt-secret";
+/// Shortest HS256 secret accepted: a key at least as long as the hash output (RFC 7518 §3.2). A shorter one can
+/// be guessed offline from any token it signed.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Where verification keys come from, as configured.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AuthConfig {
-    /// Shared secret for HS256 tokens. When neither this nor --jwks-file is set, a random secret is created in
-    /// the data folder on first start and reused afterwards.
+    /// Shared secret for HS256 tokens, at least 32 bytes. When neither this nor --jwks-file is set, a random
+    /// secret is created in the data folder on first start and reused afterwards.
     #[arg(long, env = "USER_SERVICE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
@@ -58,7 +61,16 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// The `aud` claim: one audience or several (RFC 7519 §4.1.3). With --jwt-audience, the configured audience must
+/// be one of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Verifies tokens. Cheap to share: keys are parsed once.
@@ -106,22 +118,51 @@ fn read_jwks(path: &Path) -> anyhow::Result<HashMap<String, (DecodingKey, Algori
     Ok(keys)
 }
 
+/// Refuses a secret shorter than `MIN_SECRET_BYTES`; `origin` says where it came from. The secret itself is never
+/// shown.
+fn check_secret_length(secret: &str, origin: &str) -> anyhow::Result<()> {
+    if secret.len() < MIN_SECRET_BYTES {
+        anyhow::bail!(
+            "the HS256 secret {origin} is {} bytes; at least {MIN_SECRET_BYTES} are needed (RFC 7518 §3.2), \
+             for example 32 random bytes in base64: `head -c 32 /dev/urandom | base64`",
+            secret.len()
+        );
+    }
+    Ok(())
+}
+
 /// The configured secret, or the one in the data folder, created (mode 0600) when absent. Returns it and
 /// whether it was generated.
 fn secret(config: &AuthConfig, create: bool) -> anyhow::Result<Option<(String, bool)>> {
     if let Some(secret) = config.jwt_secret.as_ref().filter(|s| !s.is_empty()) {
+        check_secret_length(secret, "from --jwt-secret (USER_SERVICE_JWT_SECRET)")?;
         return Ok(Some((secret.clone(), false)));
+    }
+    // With a JWKS file only configured keys are trusted: a secret in the data folder is what an earlier start
+    // without configuration left behind, and whoever could read it (or planted it) would mint admin tokens.
+    if config.jwks_file.is_some() {
+        return Ok(None);
     }
     let path = config.data_dir.join(SECRET_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(Some((text.trim().to_owned(), false))),
+        Ok(text) if !text.trim().is_empty() => {
+            let secret = text.trim();
+            check_secret_length(
+                secret,
+                &format!(
+                    "in {} (replace it, or delete it to have a new one generated)",
+                    path.display()
+                ),
+            )?;
+            return Ok(Some((secret.to_owned(), false)));
+        }
         Ok(_) => anyhow::bail!("{} is empty", path.display()),
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             anyhow::bail!("reading {}: {e}", path.display())
         }
         Err(_) => {}
     }
-    if !create || config.jwks_file.is_some() {
+    if !create {
         return Ok(None);
     }
     std::fs::create_dir_all(&config.data_dir)
@@ -182,6 +223,13 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| AuthError("the bearer token is not a JWT".into()))?;
+        // The service implements no JWS extension, so any `crit` list names one it does not understand; such a
+        // token must be refused (RFC 7515 §4.1.11), an empty list included (producers must not send one).
+        if header.crit.is_some() {
+            return Err(AuthError(
+                "the token's header lists critical extensions (crit), which this server does not support".into(),
+            ));
+        }
         let (key, algorithm) = match header.alg {
             Algorithm::HS256 => (
                 self.secret
@@ -197,9 +245,9 @@ impl Verifier {
                 let (key, algorithm) = self
                     .keys
                     .get(kid)
-                    .ok_or_else(|| AuthError(format!("no key with kid {kid:?} is configured")))?;
+                    .ok_or_else(|| AuthError(format!("no key with kid {:?} is configured", shown(kid))))?;
                 if *algorithm != header.alg {
-                    return Err(AuthError(format!("key {kid:?} is not a {:?} key", header.alg)));
+                    return Err(AuthError(format!("key {:?} is not a {:?} key", shown(kid), header.alg)));
                 }
                 (key, *algorithm)
             }
@@ -252,7 +300,15 @@ impl Verifier {
         }
         Ok(Caller {
             subject: data.claims.sub,
-            scopes: data.claims.scope.split_whitespace().map(str::to_owned).collect(),
+            // Scope tokens are separated by ASCII space alone (RFC 6749 §3.3): a token holding any other
+            // whitespace (U+00A0, TAB, LF …) is one unknown scope, not two known ones.
+            scopes: data
+                .claims
+                .scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
         })
     }
 }
@@ -268,7 +324,7 @@ impl Signer {
             iat: Some(now),
             scope: scopes.join(" "),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(Audience::One),
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -282,10 +338,17 @@ impl Signer {
 /// new one, since a token signed by a secret the server does not know is useless.
 pub fn signer_for_cli(config: &AuthConfig) -> anyhow::Result<Signer> {
     let (secret, _) = secret(config, false)?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "no secret to sign with: set --jwt-secret (USER_SERVICE_JWT_SECRET), or start `serve` once so it creates {}",
-            config.data_dir.join(SECRET_FILE).display()
-        )
+        if config.jwks_file.is_some() {
+            anyhow::anyhow!(
+                "no secret to sign with: with --jwks-file the server trusts only its JWKS keys and --jwt-secret \
+                 (USER_SERVICE_JWT_SECRET), never a secret in the data folder"
+            )
+        } else {
+            anyhow::anyhow!(
+                "no secret to sign with: set --jwt-secret (USER_SERVICE_JWT_SECRET), or start `serve` once so it creates {}",
+                config.data_dir.join(SECRET_FILE).display()
+            )
+        }
     })?;
     Ok(Signer {
         key: EncodingKey::from_secret(secret.as_bytes()),
@@ -310,6 +373,9 @@ pub fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
 mod tests {
     use super::*;
 
+    /// A secret of the shortest length accepted.
+    const SECRET: &str = "unit-test-secret-of-32-bytes-min";
+
     fn config(secret: Option<&str>) -> AuthConfig {
         AuthConfig {
             jwt_secret: secret.map(str::to_owned),
@@ -320,7 +386,7 @@ mod tests {
 
     #[test]
     fn signed_tokens_verify_and_carry_scopes() {
-        let (verifier, signer, generated) = Verifier::from_config(&config(Some("s3cret"))).expect("config");
+        let (verifier, signer, generated) = Verifier::from_config(&config(Some(SECRET))).expect("config");
         assert!(!generated);
         let token = signer
             .expect("signer")
@@ -333,8 +399,9 @@ mod tests {
 
     #[test]
     fn wrong_secret_and_garbage_are_refused_with_reasons() {
-        let (verifier, _, _) = Verifier::from_config(&config(Some("right"))).expect("config");
-        let (_, other, _) = Verifier::from_config(&config(Some("wrong"))).expect("config");
+        let (verifier, _, _) = Verifier::from_config(&config(Some(SECRET))).expect("config");
+        let (_, other, _) =
+            Verifier::from_config(&config(Some("another-unit-test-secret-of-32-bytes"))).expect("config");
         let token = other
             .expect("signer")
             .sign("u1", &[], Duration::from_secs(60))
@@ -345,7 +412,7 @@ mod tests {
         );
         assert!(verifier.verify("nope").is_err());
         assert!(
-            !verifier.verify(&token).expect_err("bad").0.contains("right"),
+            !verifier.verify(&token).expect_err("bad").0.contains(SECRET),
             "no key material in messages"
         );
     }
@@ -385,5 +452,210 @@ mod tests {
         assert!(bearer_token(None).is_err());
         assert!(bearer_token(Some("Basic abc")).is_err());
         assert!(bearer_token(Some("Bearer ")).is_err());
+    }
+
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+    }
+
+    /// Signs any claims and header with `secret`, as a client could.
+    fn forge(header: &Header, claims: &serde_json::Value, secret: &str) -> String {
+        jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(secret.as_bytes())).expect("sign")
+    }
+
+    fn jwks_fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwks.json")
+    }
+
+    #[test]
+    fn secrets_under_32_bytes_are_refused_wherever_they_come_from() {
+        assert_eq!(SECRET.len(), MIN_SECRET_BYTES);
+        assert!(
+            Verifier::from_config(&config(Some(SECRET))).is_ok(),
+            "32 bytes are enough"
+        );
+        for short in ["x", &SECRET[1..]] {
+            let err = Verifier::from_config(&config(Some(short)))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(err.contains("--jwt-secret") && err.contains("at least 32"), "{err}");
+            assert!(
+                short.len() < 2 || !err.contains(short),
+                "the secret is not shown: {err}"
+            );
+            let err = signer_for_cli(&config(Some(short)))
+                .err()
+                .expect("token command refuses too");
+            assert!(err.to_string().contains("at least 32"), "{err}");
+        }
+        // A short secret in the data folder (written by hand, or by an older version) is refused as well.
+        let cfg = config(None);
+        std::fs::create_dir_all(&cfg.data_dir).expect("dir");
+        std::fs::write(cfg.data_dir.join(SECRET_FILE), "tiny\n").expect("write");
+        let err = Verifier::from_config(&cfg).err().expect("refused").to_string();
+        assert!(err.contains(SECRET_FILE) && err.contains("at least 32"), "{err}");
+        assert!(signer_for_cli(&cfg).is_err());
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    }
+
+    #[test]
+    fn with_a_jwks_file_the_data_folder_secret_is_not_trusted() {
+        let cfg = config(None);
+        let (_, leftover, generated) = Verifier::from_config(&cfg).expect("a development start");
+        assert!(generated);
+        let leftover = leftover
+            .expect("signer")
+            .sign("ops", &["users.admin".into()], Duration::from_secs(60));
+        let leftover = leftover.expect("sign");
+        let jwks_only = AuthConfig {
+            jwks_file: Some(jwks_fixture()),
+            ..cfg.clone()
+        };
+        let (verifier, signer, generated) = Verifier::from_config(&jwks_only).expect("jwks start");
+        assert!(signer.is_none() && !generated);
+        assert_eq!(
+            verifier.verify(&leftover),
+            Err(AuthError("HS256 tokens are not accepted by this server".into()))
+        );
+        let err = signer_for_cli(&jwks_only)
+            .err()
+            .expect("the token command has nothing to sign with");
+        assert!(err.to_string().contains("--jwks-file"), "{err}");
+        // An explicit secret beside the JWKS file is configuration, and is trusted.
+        let both = AuthConfig {
+            jwt_secret: Some(SECRET.into()),
+            ..jwks_only
+        };
+        let (verifier, signer, _) = Verifier::from_config(&both).expect("both");
+        let token = signer
+            .expect("signer")
+            .sign("ops", &[], Duration::from_secs(60))
+            .expect("sign");
+        assert!(verifier.verify(&token).is_ok());
+        assert!(verifier.verify(&leftover).is_err(), "still not the data-folder secret");
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    }
+
+    #[test]
+    fn a_crit_header_is_refused() {
+        let (verifier, _, _) = Verifier::from_config(&config(Some(SECRET))).expect("config");
+        let claims = serde_json::json!({"sub": "ops", "exp": now() + 60, "scope": "users.admin"});
+        assert!(verifier.verify(&forge(&Header::default(), &claims, SECRET)).is_ok());
+        for crit in [vec!["exp".to_owned()], vec!["x-unknown".to_owned()], Vec::new()] {
+            let header = Header {
+                crit: Some(crit.clone()),
+                ..Header::default()
+            };
+            let err = verifier.verify(&forge(&header, &claims, SECRET)).expect_err("crit");
+            assert!(err.0.contains("crit"), "{crit:?}: {}", err.0);
+        }
+    }
+
+    #[test]
+    fn aud_may_be_a_string_or_an_array() {
+        let claims = |aud: serde_json::Value| serde_json::json!({"sub": "ops", "exp": now() + 60, "aud": aud});
+        let token = |aud: serde_json::Value| forge(&Header::default(), &claims(aud), SECRET);
+        let (open, _, _) = Verifier::from_config(&config(Some(SECRET))).expect("config");
+        for aud in [
+            serde_json::json!("anyone"),
+            serde_json::json!(["a", "b"]),
+            serde_json::json!([]),
+        ] {
+            assert!(
+                open.verify(&token(aud.clone())).is_ok(),
+                "no audience configured: {aud}"
+            );
+        }
+        let cfg = AuthConfig {
+            jwt_audience: Some("user-service".into()),
+            ..config(Some(SECRET))
+        };
+        let (verifier, signer, _) = Verifier::from_config(&cfg).expect("config");
+        for aud in [
+            serde_json::json!("user-service"),
+            serde_json::json!(["user-service"]),
+            serde_json::json!(["billing", "user-service"]),
+        ] {
+            assert!(verifier.verify(&token(aud.clone())).is_ok(), "{aud}");
+        }
+        for aud in [
+            serde_json::json!("billing"),
+            serde_json::json!(["billing", "audit"]),
+            serde_json::json!([]),
+        ] {
+            assert_eq!(
+                verifier.verify(&token(aud.clone())),
+                Err(AuthError("the token is for another audience (aud)".into())),
+                "{aud}"
+            );
+        }
+        let no_aud = forge(
+            &Header::default(),
+            &serde_json::json!({"sub": "ops", "exp": now() + 60}),
+            SECRET,
+        );
+        assert_eq!(
+            verifier.verify(&no_aud),
+            Err(AuthError("the token has no aud claim".into()))
+        );
+        let own = signer
+            .expect("signer")
+            .sign("ops", &[], Duration::from_secs(60))
+            .expect("sign");
+        assert!(
+            verifier.verify(&own).is_ok(),
+            "the signer's own tokens carry the audience"
+        );
+    }
+
+    #[test]
+    fn scopes_are_split_on_ascii_space_only() {
+        let (verifier, _, _) = Verifier::from_config(&config(Some(SECRET))).expect("config");
+        let scopes = |scope: &str| {
+            let claims = serde_json::json!({"sub": "ops", "exp": now() + 60, "scope": scope});
+            verifier
+                .verify(&forge(&Header::default(), &claims, SECRET))
+                .expect("valid")
+                .scopes
+        };
+        assert_eq!(scopes("users.read users.admin"), vec!["users.read", "users.admin"]);
+        assert_eq!(scopes(" users.read  users.admin "), vec!["users.read", "users.admin"]);
+        for space in [
+            '\u{00a0}', '\u{3000}', '\u{2028}', '\t', '\n', '\r', '\u{000b}', '\u{000c}',
+        ] {
+            let joined = format!("users.read{space}users.admin");
+            let caller_scopes = scopes(&joined);
+            assert_eq!(caller_scopes, vec![joined.clone()], "{:?}", space);
+            let caller = Caller {
+                subject: "ops".into(),
+                scopes: caller_scopes,
+            };
+            assert!(!caller.is_admin() && !caller.has_scope("users.read"), "{space:?}");
+        }
+    }
+
+    #[test]
+    fn token_values_in_errors_are_cut_to_200_characters() {
+        let (verifier, _, _) = Verifier::from_config(&AuthConfig {
+            jwks_file: Some(jwks_fixture()),
+            ..config(None)
+        })
+        .expect("config");
+        let kid = "k".repeat(100_000);
+        let header = URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "RS256", "kid": kid}).to_string());
+        let claims = URL_SAFE_NO_PAD.encode(serde_json::json!({"sub": "ops", "exp": now() + 60}).to_string());
+        let err = verifier
+            .verify(&format!("{header}.{claims}.c2ln"))
+            .expect_err("unknown kid");
+        assert!(err.0.starts_with("no key with kid"), "{}", &err.0[..80]);
+        assert!(err.0.contains(&"k".repeat(200)) && !err.0.contains(&"k".repeat(201)));
+        assert!(err.0.len() < 300, "{} bytes", err.0.len());
+        // A kid naming a key of the other algorithm is cut the same way (the known kid is short, so shown whole).
+        let header = URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "ES256", "kid": "test-rsa"}).to_string());
+        let err = verifier
+            .verify(&format!("{header}.{claims}.c2ln"))
+            .expect_err("wrong kind");
+        assert_eq!(err.0, "key \"test-rsa\" is not a ES256 key");
     }
 }

@@ -14,6 +14,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::api::status::ERROR_DOMAIN;
 use crate::auth::{Verifier, bearer_token};
+use crate::domain::caller::shown;
 use crate::limits::{Admission, RateLimiter};
 use crate::metrics::{Metrics, Protocol};
 use crate::transcode::errors::status_response;
@@ -102,7 +103,9 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
                 "RATE_LIMITED",
                 |d| {
                     d.set_retry_info(Some(retry_after));
-                    d.add_quota_failure_violation(key.clone(), "requests per caller");
+                    // The key holds the token's `sub`, which may be long: the refusal shows at most 200
+                    // characters of it.
+                    d.add_quota_failure_violation(shown(&key), "requests per caller");
                 },
             );
             gate.metrics.record_refusal(protocol, "RATE_LIMITED");

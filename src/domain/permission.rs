@@ -39,9 +39,13 @@ impl Caller {
         self.has_scope(SCOPE_ADMIN)
     }
 
-    /// Whether the caller is the user `id` (its token's `sub` is that id).
+    /// Whether the caller is the user `id`: its token's `sub` is that id in the canonical spelling (lower-case,
+    /// hyphenated). Other spellings of the same UUID (`urn:uuid:…`, `{…}`, upper-case, 32 hex digits) name another
+    /// caller: the rate limit and attempt counters key on the `sub` as written, so accepting them as the user
+    /// would give one user as many budgets as spellings.
     pub fn is_user(&self, id: Uuid) -> bool {
-        Uuid::try_parse(&self.subject).is_ok_and(|sub| sub == id)
+        let mut canonical = Uuid::encode_buffer();
+        self.subject == *id.hyphenated().encode_lower(&mut canonical)
     }
 }
 
@@ -49,7 +53,7 @@ fn denied(caller: &Caller, rpc: Rpc, target: Option<Uuid>) -> Error {
     let on = target.map(|id| format!(" on user {id}")).unwrap_or_default();
     Error::PermissionDenied {
         reason: "PERMISSION_DENIED",
-        message: format!("caller {:?} may not call {rpc:?}{on}", caller.subject),
+        message: format!("caller {:?} may not call {rpc:?}{on}", caller.shown_subject()),
         fields: Vec::new(),
     }
 }
@@ -179,6 +183,37 @@ mod tests {
                 "self on another user {rpc:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_of_an_id_is_that_user() {
+        let id = Uuid::now_v7();
+        assert!(caller(&id.to_string(), &[]).is_user(id));
+        for other in [
+            format!("urn:uuid:{id}"),
+            format!("{{{id}}}"),
+            id.to_string().to_uppercase(),
+            id.simple().to_string(),
+            format!(" {id}"),
+        ] {
+            let spelled = caller(&other, &[]);
+            assert!(!spelled.is_user(id), "{other}");
+            assert!(authorize(&spelled, Rpc::GetUser, Some(id)).is_err(), "{other}");
+        }
+    }
+
+    #[test]
+    fn refusals_show_at_most_200_characters_of_the_subject() {
+        let long = caller(&"s".repeat(100_000), &[]);
+        let Error::PermissionDenied { message, .. } = authorize(&long, Rpc::ListUsers, None).expect_err("denied")
+        else {
+            panic!("not a permission error")
+        };
+        assert!(
+            message.contains(&"s".repeat(200)) && !message.contains(&"s".repeat(201)),
+            "{}",
+            message.len()
+        );
     }
 
     #[test]

@@ -3,10 +3,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 use http::{Method, StatusCode};
 use serde_json::json;
 use tonic::Code;
-use user_service::auth::Claims;
+use user_service::auth::{Audience, Claims};
 use user_service::pb;
 
 use crate::backend_tests;
@@ -21,6 +24,8 @@ backend_tests!(
     self_service_cannot_touch_privileged_fields,
     password_changes_need_the_current_password,
     passwords_and_hashes_never_reach_logs_or_answers,
+    scopes_joined_by_other_whitespace_grant_nothing,
+    another_spelling_of_a_users_id_is_not_that_user,
 );
 
 const AUDIENCE: &str = "user-service";
@@ -35,7 +40,7 @@ fn sign(secret: &str, sub: &str, scopes: &str, exp_offset: i64, aud: Option<&str
         iat: Some(now as u64),
         scope: scopes.into(),
         iss: None,
-        aud: aud.map(str::to_owned),
+        aud: aud.map(|a| Audience::One(a.to_owned())),
     };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
@@ -256,7 +261,13 @@ async fn every_rpc_against_every_caller(app_default: TestApp) {
         match who {
             Who::NoToken => None,
             Who::Expired => Some(sign(TEST_SECRET, &me, "", -3600, Some(AUDIENCE))),
-            Who::WrongSignature => Some(sign("not-the-secret", &me, "users.admin", 3600, Some(AUDIENCE))),
+            Who::WrongSignature => Some(sign(
+                "not-the-secret-but-just-as-long-as-one",
+                &me,
+                "users.admin",
+                3600,
+                Some(AUDIENCE),
+            )),
             Who::WrongAudience => Some(sign(TEST_SECRET, &me, "users.admin", 3600, Some("another-service"))),
             Who::Myself => Some(sign(TEST_SECRET, &me, "", 3600, Some(AUDIENCE))),
             Who::OtherUser => Some(sign(TEST_SECRET, &other, "", 3600, Some(AUDIENCE))),
@@ -731,8 +742,211 @@ async fn passwords_and_hashes_never_reach_logs_or_answers(app: TestApp) {
     }
 }
 
+/// Signs a token with any header and claims, as a client holding the secret could.
+fn forge(header: &jsonwebtoken::Header, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+fn in_an_hour() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() + 3600
+}
+
+async fn scopes_joined_by_other_whitespace_grant_nothing(app: TestApp) {
+    let mut admin = app.client.clone();
+    create(&mut admin, user("listed@example.com")).await;
+    // The control: joined by an ASCII space, both scopes count.
+    let mut both = app
+        .client_with(Some(sign(TEST_SECRET, "ops", "users.read users.admin", 3600, None)))
+        .await;
+    create(&mut both, user("by-ops@example.com")).await;
+    for space in ['\u{00a0}', '\u{3000}', '\u{2028}', '\t', '\n'] {
+        let scope = format!("users.read{space}users.admin");
+        let mut joined = app
+            .client_with(Some(sign(TEST_SECRET, "ops", &scope, 3600, None)))
+            .await;
+        let status = expect_code(
+            joined
+                .create_user(pb::CreateUserRequest {
+                    user: Some(user("never@example.com")),
+                    ..Default::default()
+                })
+                .await,
+            Code::PermissionDenied,
+        );
+        assert!(
+            status.message().contains("CreateUser"),
+            "{space:?}: {}",
+            status.message()
+        );
+        // Nor is it `users.read`: the one scope token is simply unknown.
+        expect_code(
+            joined.list_users(pb::ListUsersRequest::default()).await,
+            Code::PermissionDenied,
+        );
+    }
+}
+
+async fn another_spelling_of_a_users_id_is_not_that_user(app: TestApp) {
+    let mut admin = app.client.clone();
+    let me = create(&mut admin, user("spelled@example.com")).await;
+    let id = uuid::Uuid::parse_str(&me.id).expect("a UUID id");
+    let path = format!("/v1/users/{}", me.id);
+    // The canonical spelling is the user, over both protocols.
+    let mut canonical = app.client_with(Some(token(&me.id, &[]))).await;
+    canonical
+        .get_user(pb::GetUserRequest { id: me.id.clone() })
+        .await
+        .expect("own user over gRPC");
+    let rest = HttpClient::with_token(app.addr, Some(token(&me.id, &[])));
+    assert_eq!(rest.rest(Method::GET, &path, None, &[]).await.status, StatusCode::OK);
+    for sub in [
+        format!("urn:uuid:{id}"),
+        format!("{{{id}}}"),
+        me.id.to_uppercase(),
+        id.simple().to_string(),
+    ] {
+        let mut grpc = app.client_with(Some(token(&sub, &[]))).await;
+        expect_code(
+            grpc.get_user(pb::GetUserRequest { id: me.id.clone() }).await,
+            Code::PermissionDenied,
+        );
+        expect_code(
+            update(
+                &mut grpc,
+                pb::User {
+                    id: me.id.clone(),
+                    given_name: "Taken".into(),
+                    ..Default::default()
+                },
+                &["given_name"],
+            )
+            .await,
+            Code::PermissionDenied,
+        );
+        let rest = HttpClient::with_token(app.addr, Some(token(&sub, &[])));
+        let response = rest.rest(Method::GET, &path, None, &[]).await;
+        assert_eq!(response.status, StatusCode::FORBIDDEN, "{sub}");
+        let response = rest
+            .rest(Method::PATCH, &path, Some(json!({"givenName": "Taken"})), &[])
+            .await;
+        assert_eq!(response.status, StatusCode::FORBIDDEN, "{sub}");
+    }
+    let now = admin
+        .get_user(pb::GetUserRequest { id: me.id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(now.given_name, "", "no other spelling changed the user");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_kid_gets_a_small_refusal() {
+    let app = TestApp::start(Backend::Sqlite).await.expect("sqlite");
+    // The longest kid whose token still fits the 64 KiB header block (base64 makes it 4/3 as long).
+    let kid = "k".repeat(40_000);
+    let header = jsonwebtoken::Header {
+        kid: Some(kid),
+        ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256)
+    };
+    let claims = URL_SAFE_NO_PAD.encode(json!({"sub": "ops", "exp": in_an_hour()}).to_string());
+    let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("header"));
+    let bad = format!("{header}.{claims}.c2lnbmF0dXJl");
+    let response = HttpClient::with_token(app.addr, Some(bad.clone()))
+        .rest(Method::GET, "/v1/users", None, &[])
+        .await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert!(response.body.len() < 1024, "a {}-byte 401 body", response.body.len());
+    let message = response.json()["error"]["message"].as_str().unwrap_or("").to_owned();
+    assert!(message.starts_with("no key with kid"), "{message}");
+    assert!(message.contains(&"k".repeat(200)) && !message.contains(&"k".repeat(201)));
+    let mut grpc = app.client_with(Some(bad)).await;
+    let status = expect_code(
+        grpc.list_users(pb::ListUsersRequest::default()).await,
+        Code::Unauthenticated,
+    );
+    assert!(
+        status.message().len() < 300,
+        "a {}-byte grpc-message",
+        status.message().len()
+    );
+    assert!(status.message().starts_with("no key with kid"), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aud_arrays_are_accepted_when_they_name_the_audience() {
+    let app = TestApp::start_with(Backend::Sqlite, |c| c.auth.jwt_audience = Some(AUDIENCE.into()))
+        .await
+        .expect("sqlite");
+    let with_aud = |aud: serde_json::Value| {
+        forge(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": "ops", "exp": in_an_hour(), "scope": "users.read", "aud": aud}),
+        )
+    };
+    for aud in [json!(["billing", AUDIENCE]), json!([AUDIENCE]), json!(AUDIENCE)] {
+        let mut client = app.client_with(Some(with_aud(aud.clone()))).await;
+        client
+            .list_users(pb::ListUsersRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("{aud}: {e:?}"));
+        let response = HttpClient::with_token(app.addr, Some(with_aud(aud.clone())))
+            .rest(Method::GET, "/v1/users", None, &[])
+            .await;
+        assert_eq!(response.status, StatusCode::OK, "{aud}");
+    }
+    let response = HttpClient::with_token(app.addr, Some(with_aud(json!(["billing", "audit"]))))
+        .rest(Method::GET, "/v1/users", None, &[])
+        .await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.json()["error"]["message"],
+        "the token is for another audience (aud)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crit_header_is_refused() {
+    let app = TestApp::start(Backend::Sqlite).await.expect("sqlite");
+    let claims = json!({"sub": "ops", "exp": in_an_hour(), "scope": "users.admin"});
+    let plain = forge(&jsonwebtoken::Header::default(), &claims);
+    let response = HttpClient::with_token(app.addr, Some(plain))
+        .rest(Method::GET, "/v1/users", None, &[])
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "the same token without crit is fine");
+    let critical = forge(
+        &jsonwebtoken::Header {
+            crit: Some(vec!["x-unknown-extension".into()]),
+            ..jsonwebtoken::Header::default()
+        },
+        &claims,
+    );
+    let response = HttpClient::with_token(app.addr, Some(critical.clone()))
+        .rest(Method::GET, "/v1/users", None, &[])
+        .await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    let message = response.json()["error"]["message"].as_str().unwrap_or("").to_owned();
+    assert!(message.contains("crit"), "{message}");
+    let mut grpc = app.client_with(Some(critical)).await;
+    let status = expect_code(
+        grpc.list_users(pb::ListUsersRequest::default()).await,
+        Code::Unauthenticated,
+    );
+    assert!(status.message().contains("crit"), "{}", status.message());
+}
+
 /// Signs claims with one of the test key pairs of tests/fixtures.
-fn sign_with_fixture(algorithm: jsonwebtoken::Algorithm, kid: &str, pem_file: &str, sub: &str, scopes: &str) -> String {
+pub(crate) fn sign_with_fixture(
+    algorithm: jsonwebtoken::Algorithm,
+    kid: &str,
+    pem_file: &str,
+    sub: &str,
+    scopes: &str,
+) -> String {
     let pem = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures")

@@ -323,3 +323,142 @@ async fn first_start_creates_a_secret_and_token_signs_with_it() {
     child.kill().expect("stop");
     child.wait().expect("reaped");
 }
+
+/// A server process that is killed when dropped, so a failed assertion leaves no server running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// With `--jwks-file` only the JWKS keys are trusted: the secret an earlier start without configuration left in
+/// the data folder signs nothing the server accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_jwks_file_the_data_folder_secret_is_not_trusted() {
+    use http::{Method, StatusCode};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let url = format!("sqlite://{}", data.join("users.db").display());
+    let port = free_port();
+    let first = KillOnDrop(
+        serve_command(&url, port)
+            .env("USER_SERVICE_DATA_DIR", &data)
+            .spawn()
+            .expect("binary starts"),
+    );
+    let _ = connect(port).await;
+    let leftover = std::fs::read_to_string(data.join("jwt-secret")).expect("the first start wrote a secret");
+    drop(first);
+
+    let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwks.json");
+    let port = free_port();
+    let _server = KillOnDrop(
+        serve_command(&url, port)
+            .env("USER_SERVICE_DATA_DIR", &data)
+            .arg("--jwks-file")
+            .arg(&jwks)
+            .spawn()
+            .expect("binary starts"),
+    );
+    let _ = connect(port).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // The JWKS keys are served (so the server is up and refusals below are about the token)…
+    let rs256 = crate::auth::sign_with_fixture(
+        jsonwebtoken::Algorithm::RS256,
+        "test-rsa",
+        "rsa-test-key.pem",
+        "ops",
+        "users.admin",
+    );
+    let response = crate::http::HttpClient::with_token(addr, Some(rs256))
+        .rest(Method::GET, "/v1/users", None, &[])
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    // …while an admin token signed with the leftover secret is refused, over REST and gRPC.
+    let config = user_service::auth::AuthConfig {
+        jwt_secret: Some(leftover.trim().to_owned()),
+        ..Default::default()
+    };
+    let forged = user_service::auth::signer_for_cli(&config)
+        .and_then(|s| s.sign("ops", &["users.admin".into()], Duration::from_secs(300)))
+        .expect("sign");
+    let response = crate::http::HttpClient::with_token(addr, Some(forged.clone()))
+        .rest(Method::GET, "/v1/users", None, &[])
+        .await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = UserServiceClient::with_interceptor(channel, BearerToken(Some(forged)));
+    let refused = client
+        .list_users(pb::ListUsersRequest::default())
+        .await
+        .expect_err("the leftover secret is not configuration");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+}
+
+/// A start with an HS256 secret under 32 bytes, given or found in the data folder, fails with a message saying
+/// so; the `token` command refuses it as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_secret_stops_the_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let url = format!("sqlite://{}", data.join("users.db").display());
+    let short_file = dir.path().join("short");
+    std::fs::create_dir_all(&short_file).expect("dir");
+    std::fs::write(short_file.join("jwt-secret"), "0123456789abcdef0123456789abcde").expect("31 bytes");
+    let given = KillOnDrop(
+        serve_command(&url, free_port())
+            .env("USER_SERVICE_DATA_DIR", &data)
+            .env("USER_SERVICE_JWT_SECRET", "x")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts"),
+    );
+    let other_url = format!("sqlite://{}", short_file.join("users.db").display());
+    let found = KillOnDrop(
+        serve_command(&other_url, free_port())
+            .env("USER_SERVICE_DATA_DIR", &short_file)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts"),
+    );
+    let file = short_file.join("jwt-secret").display().to_string();
+    for (mut child, what) in [(given, "--jwt-secret"), (found, file.as_str())] {
+        let mut exited = None;
+        // Generous: the process exits as soon as it has read its configuration.
+        for _ in 0..300 {
+            if let Some(status) = child.0.try_wait().expect("try_wait") {
+                exited = Some(status);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some(status) = exited else {
+            panic!("a server with a short secret ({what}) kept running");
+        };
+        assert!(!status.success());
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+        assert!(stderr.contains(what) && stderr.contains("at least 32"), "{stderr}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_user-service"))
+        .args(["token", "--sub", "ops", "--scope", "users.admin"])
+        .env("USER_SERVICE_DATA_DIR", &data)
+        .env("USER_SERVICE_JWT_SECRET", "short-secret")
+        .output()
+        .expect("token command");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("at least 32") && !stderr.contains("short-secret"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "no token printed");
+}

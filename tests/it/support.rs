@@ -58,7 +58,7 @@ pub fn captured_logs() -> String {
 }
 
 /// The HS256 secret test servers use.
-pub const TEST_SECRET: &str = "integration-test-secret";
+pub const TEST_SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]

@@ -30,7 +30,7 @@ fail() { echo "pg_outage: FAIL: $*"; echo "0 passed, 1 failed"; exit 1; }
 psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q \
     -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-export USER_SERVICE_JWT_SECRET="outage-check-secret"
+export USER_SERVICE_JWT_SECRET="outage-check-secret-of-at-least-32-bytes"
 auth="Authorization: Bearer $("$bin" token --sub ops --scope users.admin)"
 base="http://127.0.0.1:$port"
 

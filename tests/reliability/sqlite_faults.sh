@@ -33,7 +33,7 @@ fi
 mounted=1
 
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-export USER_SERVICE_JWT_SECRET="sqlite-faults-secret"
+export USER_SERVICE_JWT_SECRET="sqlite-faults-secret-of-at-least-32-bytes"
 auth="Authorization: Bearer $("$bin" token --sub ops --scope users.admin)"
 base="http://127.0.0.1:$port"
 RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --database-url "sqlite://$fs/users.db" >"$work/server.log" 2>&1 &
