@@ -88,7 +88,7 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
 
     // Unauthenticated calls spend their address's budget, so bad tokens cannot make the verifier work for free.
     let key = match (&caller, request.extensions().get::<PeerAddr>()) {
-        (Ok(caller), _) => format!("sub:{}", caller.subject),
+        (Ok(caller), _) => crate::limits::caller_key(&caller.subject),
         (Err(_), Some(peer)) => format!("ip:{}", peer.0.ip()),
         (Err(_), None) => "ip:unknown".to_owned(),
     };
