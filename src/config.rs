@@ -129,6 +129,22 @@ pub struct ServeConfig {
     #[arg(long, env = "USER_SERVICE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 
+    /// How long a connection with no request in flight stays open (HTTP/1.1 keep-alive and HTTP/2, PINGs or
+    /// not) before it is closed.
+    #[arg(long, env = "USER_SERVICE_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most open client connections. Past it the server stops accepting: new connections wait in the listen
+    /// backlog (nothing is spent on them) and are served as others close.
+    #[arg(long, env = "USER_SERVICE_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Response bytes one connection may hold undelivered before its new requests wait for the client to read
+    /// (raised to --max-message-bytes if smaller).
+    #[arg(long, env = "USER_SERVICE_MAX_CONNECTION_RESPONSE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_connection_response_bytes: usize,
+
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish before connections are closed.
     #[arg(long, env = "USER_SERVICE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

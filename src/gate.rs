@@ -14,6 +14,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::api::status::ERROR_DOMAIN;
 use crate::auth::{Verifier, bearer_token};
+use crate::connection::Budget;
 use crate::domain::caller::shown;
 use crate::limits::{Admission, RateLimiter};
 use crate::metrics::{Metrics, Protocol};
@@ -133,7 +134,16 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
         }
     };
     request.extensions_mut().insert(caller);
-    let mut response = match tokio::time::timeout(gate.request_timeout, next.run(request)).await {
+    // The time limit covers waiting for room in the connection's response budget: a connection whose client
+    // does not read its answers gets no more work done for it.
+    let budget = request.extensions().get::<Budget>().cloned();
+    let run = async move {
+        if let Some(budget) = budget {
+            budget.admit().await;
+        }
+        next.run(request).await
+    };
+    let mut response = match tokio::time::timeout(gate.request_timeout, run).await {
         Ok(response) => response,
         Err(_) => {
             gate.metrics.record_refusal(protocol, "TIMEOUT");

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod decode_limits;
 pub mod domain;
 pub mod gate;

@@ -181,3 +181,126 @@ fn decode_text_chunks(text: &[u8]) -> Bytes {
     }
     Bytes::from(out)
 }
+
+/// Connection hygiene: header limits, silent, idle and stalled connections.
+mod connections {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, StatusCode};
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use crate::support::{Backend, TestApp, admin_token, create, user};
+
+    /// A bound for waits that must end; far above the timeouts the tests configure.
+    const BOUND: Duration = Duration::from_secs(20);
+
+    /// Reads until the server closes the connection, returning what it sent; panics past `BOUND`.
+    async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        let read = tokio::time::timeout(BOUND, async {
+            let mut buffer = [0u8; 4096];
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => all.extend_from_slice(&buffer[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the server kept the connection open");
+        all
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_http1_header_block_over_64_kib_is_refused_with_431() {
+        let app = TestApp::start(Backend::Sqlite).await.expect("sqlite");
+        let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+        let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 100 * 1024));
+        head.extend_from_slice(b"\r\n\r\n");
+        // The server may stop reading once it has answered.
+        let _ = stream.write_all(&head).await;
+        let answer = read_until_closed(&mut stream).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 431"),
+            "{:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(60)])
+        );
+        // Below the limit is fine.
+        let big = "a".repeat(60 * 1024);
+        let response = super::HttpClient::new(app.addr)
+            .send(false, http::Method::GET, "/healthz", &[("x-ok", &big)], Vec::new())
+            .await;
+        assert_eq!(response.status, StatusCode::OK);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+        let app = TestApp::start_with(Backend::Sqlite, |c| c.header_timeout = Duration::from_millis(300))
+            .await
+            .expect("sqlite");
+        let mut silent = TcpStream::connect(app.addr).await.expect("connect");
+        assert!(read_until_closed(&mut silent).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+        let app = TestApp::start_with(Backend::Sqlite, |c| {
+            c.header_timeout = Duration::from_secs(60);
+            c.idle_timeout = Duration::from_millis(300);
+        })
+        .await
+        .expect("sqlite");
+        let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let answer = read_until_closed(&mut stream).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_the_client_does_not_read_is_dropped_after_the_request_timeout() {
+        let app = TestApp::start_with(Backend::Sqlite, |c| c.request_timeout = Duration::from_secs(1))
+            .await
+            .expect("sqlite");
+        let mut c = app.client.clone();
+        for n in 0..3 {
+            create(&mut c, user(&format!("unread{n}@example.com"))).await;
+        }
+        // A zero stream window: the server may send headers but no byte of any body.
+        let stalled: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .http2_initial_stream_window_size(0)
+            .build_http();
+        let request = Request::get(format!("http://{}/v1/users", app.addr))
+            .header("authorization", format!("Bearer {}", admin_token()))
+            .body(Empty::new())
+            .expect("request");
+        let response = tokio::time::timeout(BOUND, stalled.request(request))
+            .await
+            .expect("headers arrive")
+            .expect("HTTP exchange");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = tokio::time::timeout(BOUND, response.into_body().collect())
+            .await
+            .expect("the server gives up on the stalled stream instead of holding it");
+        assert!(
+            body.is_err(),
+            "no byte could be sent, so the stream must end in a reset"
+        );
+        // Everyone else is still served.
+        let listed = c.list_users(user_service::pb::ListUsersRequest::default()).await;
+        assert_eq!(listed.expect("list").into_inner().users.len(), 3);
+    }
+}
