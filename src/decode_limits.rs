@@ -301,49 +301,35 @@ impl DecodeLimits {
             tally.dynamic = None;
             return result;
         }
-        if message.full_name() == FIELD_MASK {
+        if message.full_name() == FIELD_MASK && reader.peek() == Some(b'"') {
             // `"a,b.c"`: one path per comma-separated part.
             let limit = self
                 .per_field
                 .get("google.protobuf.FieldMask.paths")
                 .copied()
                 .unwrap_or(self.default_per_field);
-            if reader.peek() == Some(b'"') {
-                let (start, end) = reader.string_span()?;
-                let paths = 1 + reader.bytes[start..end].iter().filter(|b| **b == b',').count();
-                if paths > limit {
-                    return Err(too_many_paths(path, paths, limit).into());
-                }
-                tally.add_total(paths)?;
-                return Ok(());
+            let (start, end) = reader.string_span()?;
+            let paths = 1 + reader.bytes[start..end].iter().filter(|b| **b == b',').count();
+            if paths > limit {
+                return Err(too_many_paths(path, paths, limit).into());
             }
+            tally.add_total(paths)?;
+            return Ok(());
         }
         if reader.peek() != Some(b'{') {
             return reader.skip_value(depth);
         }
-        reader.at += 1;
-        if reader.peek() == Some(b'}') {
-            reader.at += 1;
-            return Ok(());
-        }
-        loop {
-            let key = reader.key()?;
+        reader.each_element(|reader, key| {
+            let key = reader.text(key.ok_or(Stop::Malformed)?)?;
             let field = message
                 .get_field_by_name(&key)
                 .or_else(|| message.get_field_by_json_name(&key));
             match field {
-                Some(field) if reader.peek() != Some(b'n') => {
-                    self.scan_json_field(&field, reader, path, depth, tally)?;
-                }
+                Some(field) if reader.peek() != Some(b'n') => self.scan_json_field(&field, reader, path, depth, tally),
                 // Unknown fields and nulls are the JSON decoder's to judge.
-                _ => reader.skip_value(depth + 1)?,
+                _ => reader.skip_value(depth + 1),
             }
-            match reader.next_byte() {
-                Some(b',') => continue,
-                Some(b'}') => return Ok(()),
-                _ => return Err(Stop::Malformed),
-            }
-        }
+        })
     }
 
     fn scan_json_field(
@@ -361,32 +347,25 @@ impl DecodeLimits {
                 _ => reader.skip_value(depth + 1),
             };
         }
-        let (open, close) = if field.is_map() { (b'{', b'}') } else { (b'[', b']') };
-        if reader.peek() != Some(open) {
+        if reader.peek() != Some(if field.is_map() { b'{' } else { b'[' }) {
             return reader.skip_value(depth + 1);
         }
-        reader.at += 1;
         let limit = self.limit_of(field);
-        let element_kind = if field.is_map() {
-            match field.kind() {
-                Kind::Message(entry) => entry.map_entry_value_field().kind(),
-                other => other,
-            }
-        } else {
-            field.kind()
+        let element_kind = match field.kind() {
+            Kind::Message(entry) if field.is_map() => entry.map_entry_value_field().kind(),
+            other => other,
         };
-        if reader.peek() == Some(close) {
-            reader.at += 1;
-            return Ok(());
-        }
-        loop {
-            if field.is_map() {
-                reader.key()?;
-            }
+        reader.each_element(|reader, _| {
             // A field given twice counts once per element in all.
             let (index, count) = tally.count(&name, 1);
             if count > limit {
-                let rest = reader.count_rest_of_container(depth + 1).unwrap_or(0);
+                // Read on for an exact figure in the error.
+                reader.skip_value(depth + 2)?;
+                let mut rest = 0;
+                while reader.next_byte() == Some(b',') {
+                    reader.skip_member(depth + 2)?;
+                    rest += 1;
+                }
                 return Err(too_many(&name, count + rest, limit).into());
             }
             tally.add_total(1)?;
@@ -397,16 +376,11 @@ impl DecodeLimits {
                     } else {
                         name.clone()
                     };
-                    self.scan_json_message(child, reader, &element, depth + 2, tally)?;
+                    self.scan_json_message(child, reader, &element, depth + 2, tally)
                 }
-                _ => reader.skip_value(depth + 2)?,
+                _ => reader.skip_value(depth + 2),
             }
-            match reader.next_byte() {
-                Some(b',') => continue,
-                Some(b) if b == close => return Ok(()),
-                _ => return Err(Stop::Malformed),
-            }
-        }
+        })
     }
 
     /// Any JSON value inside a Struct/ListValue/Value tree: every member and element counts.
@@ -414,29 +388,14 @@ impl DecodeLimits {
         if depth > MAX_SCAN_DEPTH {
             return Err(Stop::Malformed);
         }
-        let close = match reader.peek() {
-            Some(b'{') => b'}',
-            Some(b'[') => b']',
-            _ => return reader.skip_value(depth),
-        };
-        reader.at += 1;
-        if reader.peek() == Some(close) {
-            reader.at += 1;
-            return Ok(());
+        if !matches!(reader.peek(), Some(b'{' | b'[')) {
+            return reader.skip_value(depth);
         }
-        loop {
-            if close == b'}' {
-                reader.key()?;
-            }
+        reader.each_element(|reader, _| {
             tally.add_total(1)?;
             tally.add_dynamic(1)?;
-            self.scan_json_dynamic(reader, depth + 1, tally)?;
-            match reader.next_byte() {
-                Some(b',') => continue,
-                Some(b) if b == close => return Ok(()),
-                _ => return Err(Stop::Malformed),
-            }
-        }
+            self.scan_json_dynamic(reader, depth + 1, tally)
+        })
     }
 }
 
@@ -513,6 +472,9 @@ struct JsonReader<'a> {
     at: usize,
 }
 
+/// Where a string's contents (between its quotes) lie in the input.
+type Span = (usize, usize);
+
 impl JsonReader<'_> {
     fn skip_whitespace(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
@@ -531,8 +493,8 @@ impl JsonReader<'_> {
         Some(byte)
     }
 
-    /// The span of the string at the cursor, without its quotes; the cursor moves past it.
-    fn string_span(&mut self) -> Result<(usize, usize), Stop> {
+    /// The string at the cursor; the cursor moves past it.
+    fn string_span(&mut self) -> Result<Span, Stop> {
         if self.next_byte() != Some(b'"') {
             return Err(Stop::Malformed);
         }
@@ -550,19 +512,48 @@ impl JsonReader<'_> {
         }
     }
 
-    /// An object key and its colon; escapes are decoded.
-    fn key(&mut self) -> Result<String, Stop> {
-        let (start, end) = self.string_span()?;
+    /// A string's text, escapes decoded.
+    fn text(&self, (start, end): Span) -> Result<String, Stop> {
         let raw = &self.bytes[start..end];
-        let key = if raw.contains(&b'\\') {
-            serde_json::from_slice::<String>(&self.bytes[start - 1..=end]).map_err(|_| Stop::Malformed)?
+        if raw.contains(&b'\\') {
+            serde_json::from_slice::<String>(&self.bytes[start - 1..=end]).map_err(|_| Stop::Malformed)
         } else {
-            String::from_utf8(raw.to_vec()).map_err(|_| Stop::Malformed)?
-        };
-        if self.next_byte() != Some(b':') {
-            return Err(Stop::Malformed);
+            String::from_utf8(raw.to_vec()).map_err(|_| Stop::Malformed)
         }
-        Ok(key)
+    }
+
+    /// Walks the object or array at the cursor, calling `element` at each member's value (with the member's
+    /// key) or at each array element (with none); the cursor ends past the closing bracket.
+    fn each_element(
+        &mut self,
+        mut element: impl FnMut(&mut Self, Option<Span>) -> Result<(), Stop>,
+    ) -> Result<(), Stop> {
+        let close = match self.next_byte() {
+            Some(b'{') => b'}',
+            Some(b'[') => b']',
+            _ => return Err(Stop::Malformed),
+        };
+        if self.peek() == Some(close) {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            let key = if close == b'}' {
+                let key = self.string_span()?;
+                if self.next_byte() != Some(b':') {
+                    return Err(Stop::Malformed);
+                }
+                Some(key)
+            } else {
+                None
+            };
+            element(self, key)?;
+            match self.next_byte() {
+                Some(b',') => continue,
+                Some(b) if b == close => return Ok(()),
+                _ => return Err(Stop::Malformed),
+            }
+        }
     }
 
     fn skip_value(&mut self, depth: usize) -> Result<(), Stop> {
@@ -571,33 +562,12 @@ impl JsonReader<'_> {
         }
         match self.peek() {
             Some(b'"') => self.string_span().map(|_| ()),
-            Some(open @ (b'{' | b'[')) => {
-                self.at += 1;
-                let close = if open == b'{' { b'}' } else { b']' };
-                if self.peek() == Some(close) {
-                    self.at += 1;
-                    return Ok(());
-                }
-                loop {
-                    if open == b'{' {
-                        self.string_span()?;
-                        if self.next_byte() != Some(b':') {
-                            return Err(Stop::Malformed);
-                        }
-                    }
-                    self.skip_value(depth + 1)?;
-                    match self.next_byte() {
-                        Some(b',') => continue,
-                        Some(b) if b == close => return Ok(()),
-                        _ => return Err(Stop::Malformed),
-                    }
-                }
-            }
+            Some(b'{' | b'[') => self.each_element(|reader, _| reader.skip_value(depth + 1)),
             Some(_) => {
                 // A number or a literal: up to the next delimiter.
                 let start = self.at;
                 while let Some(b) = self.bytes.get(self.at) {
-                    if matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                    if matches!(b, b',' | b'}' | b']' | b':' | b' ' | b'\t' | b'\n' | b'\r') {
                         break;
                     }
                     self.at += 1;
@@ -608,19 +578,8 @@ impl JsonReader<'_> {
         }
     }
 
-    /// After an element of a container, counts the elements still to come (for an exact figure in the error).
-    fn count_rest_of_container(&mut self, depth: usize) -> Result<usize, Stop> {
-        let mut rest = 0;
-        // The element whose index went past the limit has not been read yet.
-        self.skip_object_member_or_value(depth)?;
-        while self.next_byte() == Some(b',') {
-            self.skip_object_member_or_value(depth)?;
-            rest += 1;
-        }
-        Ok(rest)
-    }
-
-    fn skip_object_member_or_value(&mut self, depth: usize) -> Result<(), Stop> {
+    /// Skips an array element, or an object member with its key.
+    fn skip_member(&mut self, depth: usize) -> Result<(), Stop> {
         let checkpoint = self.at;
         if self.peek() == Some(b'"') {
             self.string_span()?;

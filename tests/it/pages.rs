@@ -121,33 +121,11 @@ async fn large_users_split_into_pages(app: TestApp) {
         assert_exactly_once(&seen, &created, &format!("gRPC, order {order_by:?}"));
     }
 
-    let http = HttpClient::new(app.addr);
-    let (mut seen, mut pages, mut token) = (Vec::new(), 0, String::new());
-    loop {
-        let response = http
-            .rest(
-                Method::GET,
-                &format!("/v1/users?pageSize=1000&pageToken={token}"),
-                None,
-                &[],
-            )
-            .await;
-        assert_eq!(
-            response.status,
-            StatusCode::OK,
-            "REST page {pages}: {:?}",
-            response.body
-        );
-        let page = response.json();
-        let users = page["users"].as_array().cloned().unwrap_or_default();
-        assert!(!users.is_empty(), "a page holds at least one user");
-        pages += 1;
-        seen.extend(users.iter().map(|u| u["id"].as_str().unwrap_or_default().to_owned()));
-        match page["nextPageToken"].as_str() {
-            Some(next) if !next.is_empty() => token = next.to_owned(),
-            _ => break,
-        }
-    }
+    let (users, pages) = rest_pages(&HttpClient::new(app.addr), "/v1/users", "users").await;
+    let seen: Vec<String> = users
+        .iter()
+        .map(|u| u["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
     assert!(pages > 2, "REST: several pages, got {pages}");
     assert_exactly_once(&seen, &created, "REST");
 }
@@ -207,13 +185,26 @@ async fn large_revisions_split_into_pages(app: TestApp) {
     assert!(pages > 2, "{ITEMS} large revisions need several pages, got {pages}");
     assert_eq!(seen, all, "gRPC: every revision once, newest first");
 
-    let http = HttpClient::new(app.addr);
-    let (mut seen, mut pages, mut token) = (Vec::new(), 0, String::new());
+    let path = format!("/v1/users/{}/revisions", user.id);
+    let (revisions, pages) = rest_pages(&HttpClient::new(app.addr), &path, "revisions").await;
+    // int64 is a JSON string.
+    let seen: Vec<i64> = revisions
+        .iter()
+        .map(|r| r["revision"].as_str().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0))
+        .collect();
+    assert!(pages > 2, "REST: several pages, got {pages}");
+    assert_eq!(seen, all, "REST: every revision once, newest first");
+}
+
+/// Walks every page of a REST list at `path` with the largest page size; returns the items under `key` of
+/// all pages, and how many pages there were.
+async fn rest_pages(http: &HttpClient, path: &str, key: &str) -> (Vec<serde_json::Value>, usize) {
+    let (mut items, mut pages, mut token) = (Vec::new(), 0, String::new());
     loop {
         let response = http
             .rest(
                 Method::GET,
-                &format!("/v1/users/{}/revisions?pageSize=1000&pageToken={token}", user.id),
+                &format!("{path}?pageSize=1000&pageToken={token}"),
                 None,
                 &[],
             )
@@ -225,22 +216,15 @@ async fn large_revisions_split_into_pages(app: TestApp) {
             response.body
         );
         let page = response.json();
-        let revisions = page["revisions"].as_array().cloned().unwrap_or_default();
-        assert!(!revisions.is_empty(), "a page holds at least one revision");
+        let page_items = page[key].as_array().cloned().unwrap_or_default();
+        assert!(!page_items.is_empty(), "a page of {path} holds at least one item");
         pages += 1;
-        // int64 is a JSON string.
-        seen.extend(
-            revisions
-                .iter()
-                .map(|r| r["revision"].as_str().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0)),
-        );
+        items.extend(page_items);
         match page["nextPageToken"].as_str() {
             Some(next) if !next.is_empty() => token = next.to_owned(),
-            _ => break,
+            _ => return (items, pages),
         }
     }
-    assert!(pages > 2, "REST: several pages, got {pages}");
-    assert_eq!(seen, all, "REST: every revision once, newest first");
 }
 
 #[track_caller]

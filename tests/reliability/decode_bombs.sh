@@ -5,29 +5,13 @@
 # server's peak RSS stays within a few times the bytes in flight (not gigabytes), and a GetUser beside the
 # attack keeps being answered. Prints the peak RSS and the probe's latencies.
 # Usage: tests/reliability/decode_bombs.sh   (USER_SERVICE_BIN defaults to target/debug/user-service)
-set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$root"
-bin="$(realpath -m "${USER_SERVICE_BIN:-target/debug/user-service}")"
-work="$(mktemp -d)"
-server=""
-cleanup() {
-    [[ -n "$server" ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "decode_bombs: FAIL: $*"; tail -n 20 "$work/server.log" 2>/dev/null || true; echo "0 passed, 1 failed"; exit 1; }
+name=decode_bombs
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 export USER_SERVICE_JWT_SECRET="decode-bombs-check-secret-of-32-bytes-or-more"
 token="$("$bin" token --sub ops --scope users.admin)"
-RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --database-url "sqlite://$work/users.db" \
-    --rate-limit 100000 --rate-burst 100000 >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 1 100); do
-    [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz")" == 200 ]] && break
-    sleep 0.1
-done
+start_server "$port" --database-url "sqlite://$work/users.db" --rate-limit 100000 --rate-burst 100000
 
 python3 - "$port" "$token" "$server" "$work" <<'PY' || fail "see above"
 import http.client, json, struct, subprocess, sys, threading, time

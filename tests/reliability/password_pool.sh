@@ -7,23 +7,13 @@
 # the allocator keeps after a burst is memory the next burst adds to). Every call must still be answered.
 # Usage: tests/reliability/password_pool.sh   (USER_SERVICE_BIN defaults to target/debug/user-service;
 # CALLS, default 120, is the size of the burst; SLOTS, default 2, the pool size the server is started with)
-set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$root"
-bin="$(realpath -m "${USER_SERVICE_BIN:-target/debug/user-service}")"
+name=password_pool
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 calls="${CALLS:-120}"
 slots="${SLOTS:-2}"
 # Room for the connections and buffers of the burst itself, over the idle base.
 margin_kib=$((48 * 1024))
 hash_kib=$((19 * 1024))
-work="$(mktemp -d)"
-server=""
-
-cleanup() {
-    [[ -n "$server" ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 passed=0
 failed=0
 check() {  # check <description> <command...>
@@ -36,20 +26,14 @@ check() {  # check <description> <command...>
         echo "password_pool: FAIL: $what"
     fi
 }
-fail() { echo "password_pool: FAIL: $*"; tail -n 20 "$work/server.log" 2>/dev/null || true; echo "0 passed, 1 failed"; exit 1; }
-status_of() { curl -s -o /dev/null -w '%{http_code}' -m 10 "$@"; }
-kib() { awk -v key="$1:" '$1 == key { print $2 }' "/proc/$server/status"; }
 
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 export USER_SERVICE_JWT_SECRET="password-pool-check-secret-0123456789"
 auth="Authorization: Bearer $("$bin" token --sub ops --scope users.admin)"
 base="http://127.0.0.1:$port"
 # The burst must reach the pool, not the per-caller rate limit: each password change costs two tokens.
-RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --database-url "sqlite://$work/users.db" \
-    --rate-burst $((4 * calls + 100)) --password-hash-concurrency "$slots" >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 1 100); do [[ "$(status_of "$base/readyz")" == 200 ]] && break; sleep 0.1; done
-[[ "$(status_of "$base/readyz")" == 200 ]] || fail "the server did not start"
+start_server "$port" --database-url "sqlite://$work/users.db" \
+    --rate-burst $((4 * calls + 100)) --password-hash-concurrency "$slots"
 sleep 0.5
 base_kib="$(kib VmRSS)"
 
