@@ -248,3 +248,122 @@ pub fn revision_to_proto(r: &Revision) -> pb::UserRevision {
         after: Some(json_to_struct(&r.after)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use prost_reflect::{DescriptorPool, Value as Reflected};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::field_mask::UserField;
+    use crate::domain::field_table::{Behavior, OUTPUT_ONLY_FIELDS, PRECONDITION_FIELD};
+
+    /// `google.api.FieldBehavior` numbers.
+    const REQUIRED: i32 = 2;
+    const OUTPUT_ONLY: i32 = 3;
+    const INPUT_ONLY: i32 = 4;
+
+    /// Every field of `users.v1.User` with its `field_behavior` options, as the descriptor set carries them.
+    fn proto_fields() -> BTreeMap<String, Vec<i32>> {
+        let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let behavior = pool
+            .get_extension_by_name("google.api.field_behavior")
+            .expect("field_behavior extension");
+        let user = pool.get_message_by_name("users.v1.User").expect("users.v1.User");
+        user.fields()
+            .map(|field| {
+                let numbers = match field.options().get_extension(&behavior).as_ref() {
+                    Reflected::List(values) => values.iter().filter_map(Reflected::as_enum_number).collect(),
+                    _ => Vec::new(),
+                };
+                (field.name().to_owned(), numbers)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_field_table_names_every_proto_field_once() {
+        let proto: BTreeSet<String> = proto_fields().into_keys().collect();
+        let mut table: Vec<&str> = UserField::ALL.iter().map(|f| f.name()).collect();
+        table.extend(OUTPUT_ONLY_FIELDS);
+        table.push(PRECONDITION_FIELD);
+        let listed: BTreeSet<String> = table.iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(listed.len(), table.len(), "a field is listed twice: {table:?}");
+        assert_eq!(listed, proto);
+    }
+
+    #[test]
+    fn the_field_table_flags_match_the_proto_field_behavior() {
+        let proto = proto_fields();
+        for field in UserField::ALL {
+            let behaviors = &proto[field.name()];
+            let expected = if behaviors.contains(&INPUT_ONLY) {
+                Behavior::InputOnly
+            } else if behaviors.contains(&REQUIRED) {
+                Behavior::Required
+            } else {
+                Behavior::Optional
+            };
+            assert_eq!(field.behavior(), expected, "{}: {behaviors:?}", field.name());
+            assert!(!behaviors.contains(&OUTPUT_ONLY), "{} is writable", field.name());
+        }
+        let output_only: BTreeSet<&str> = proto
+            .iter()
+            .filter(|(_, behaviors)| behaviors.contains(&OUTPUT_ONLY))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(output_only, OUTPUT_ONLY_FIELDS.into_iter().collect());
+        // Clients send the etag back, so it is not output only, yet no mask writes it.
+        assert!(!proto[PRECONDITION_FIELD].contains(&OUTPUT_ONLY));
+    }
+
+    #[test]
+    fn a_populated_user_survives_the_round_trip() {
+        let now = crate::domain::user::to_stored_precision(Utc::now());
+        let fields = UserFields {
+            username: "ann".into(),
+            email: "ann@example.com".into(),
+            given_name: "Ann".into(),
+            family_name: "Lee".into(),
+            phone_number: "+5712345678".into(),
+            national_id: "123".into(),
+            address: "Street 1".into(),
+            birth_date: "1990-01-02".into(),
+            language_code: "es-CO".into(),
+            region_code: "CO".into(),
+            time_zone: "America/Bogota".into(),
+            image_uri: "https://example.com/a.png".into(),
+            description: "about".into(),
+            labels: BTreeMap::from([("team".into(), "core".into())]),
+            roles: vec!["admin".into()],
+            memberships: vec![Membership {
+                organization_id: "org".into(),
+                role: "dev".into(),
+                admin: true,
+            }],
+            attributes: serde_json::json!({"score": 7.5, "tags": ["a"]}).as_object().cloned(),
+            valid_from: Some(now),
+            expire_time: Some(now),
+        };
+        let user = User {
+            id: Uuid::now_v7(),
+            fields: fields.clone(),
+            email_verified: false,
+            disabled: false,
+            disabled_reason: String::new(),
+            has_password: true,
+            create_time: now,
+            update_time: now,
+            delete_time: None,
+            purge_time: None,
+            revision: 1,
+        };
+        let mut violations = Vec::new();
+        let proto = user_to_proto(&user);
+        assert!(proto.password.is_empty());
+        assert_eq!(fields_from_proto(&proto, "user", &mut violations), fields);
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+}
