@@ -257,6 +257,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::domain::change::{self, PasswordInput};
     use crate::domain::field_mask::UserField;
     use crate::domain::field_table::{Behavior, OUTPUT_ONLY_FIELDS, PRECONDITION_FIELD};
 
@@ -345,21 +346,12 @@ mod tests {
             }],
             attributes: serde_json::json!({"score": 7.5, "tags": ["a"]}).as_object().cloned(),
             valid_from: Some(now),
-            expire_time: Some(now),
+            expire_time: Some(now + chrono::Duration::days(1)),
         };
-        let user = User {
-            id: Uuid::now_v7(),
-            fields: fields.clone(),
-            email_verified: false,
-            disabled: false,
-            disabled_reason: String::new(),
-            has_password: true,
-            create_time: now,
-            update_time: now,
-            delete_time: None,
-            purge_time: None,
-            revision: 1,
-        };
+        let user = change::create(Uuid::now_v7(), fields.clone(), PasswordInput::Absent, now)
+            .expect("a valid user")
+            .user;
+        assert_eq!(user.fields, fields, "nothing to normalize");
         let mut violations = Vec::new();
         let proto = user_to_proto(&user);
         assert!(proto.password.is_empty());
