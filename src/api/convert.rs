@@ -39,10 +39,19 @@ fn time_from_proto(t: &prost_types::Timestamp, field: &str, out: &mut Vec<FieldV
     converted.map(crate::domain::user::to_stored_precision)
 }
 
-/// A `google.protobuf.Value` as JSON; numbers that JSON cannot carry (NaN, infinities) are violations.
+/// A `google.protobuf.Value` as JSON; numbers that JSON cannot carry (NaN, infinities) and values with no
+/// kind set (which proto3 JSON cannot write, and which would otherwise be stored as a null nobody sent) are
+/// violations.
 fn value_to_json(v: &prost_types::Value, field: &str, out: &mut Vec<FieldViolation>) -> Value {
     match &v.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
+        None => {
+            out.push(FieldViolation::new(
+                field,
+                "every google.protobuf.Value must have its kind set (null_value for null)",
+            ));
+            Value::Null
+        }
+        Some(Kind::NullValue(_)) => Value::Null,
         Some(Kind::NumberValue(n)) => match Number::from_f64(*n) {
             Some(n) => Value::Number(n),
             None => {

@@ -254,6 +254,29 @@ fn cases() -> Vec<(&'static str, Edit, Edit, &'static str)> {
             "user.attributes",
         ),
         (
+            "attributes values have a kind",
+            Box::new(|u| {
+                u.attributes = Some(prost_types::Struct {
+                    fields: [(
+                        "nothing".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::NullValue(0)),
+                        },
+                    )]
+                    .into_iter()
+                    .collect(),
+                })
+            }),
+            Box::new(|u| {
+                u.attributes = Some(prost_types::Struct {
+                    fields: [("nothing".to_owned(), prost_types::Value { kind: None })]
+                        .into_iter()
+                        .collect(),
+                })
+            }),
+            "user.attributes",
+        ),
+        (
             "validity window",
             Box::new(|u| {
                 u.valid_from = ts(1_700_000_000);
