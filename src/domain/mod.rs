@@ -2,11 +2,13 @@
 
 pub mod caller;
 pub mod change;
+pub mod command;
 pub mod error;
 pub mod field_mask;
 pub mod filter;
 pub mod password;
 pub mod permission;
+pub mod query;
 pub mod revision;
 pub mod user;
 pub mod validate;
