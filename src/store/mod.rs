@@ -18,8 +18,8 @@ use uuid::Uuid;
 use connection::{ConnectionManager, DbConnection};
 pub use connection::{DatabaseTarget, SqliteSync};
 pub use users::{Cursor, ListQuery};
+use writer::GroupWriter;
 pub use writer::WriteStats;
-use writer::{GroupWriter, Settle};
 
 use crate::domain::caller::Caller;
 use crate::domain::command::{Command, Refusal, WriteError};
@@ -244,12 +244,7 @@ impl Store {
         let Some(writer) = &self.writer else {
             return self.run(move |conn| settle(conn.transaction(f), Ok(()))).await;
         };
-        let result = writer
-            .submit(move |conn| -> Settle<T> {
-                let own = conn.map_err(TxError::Domain).and_then(|conn| conn.transaction(f));
-                Box::new(move |committed| settle(own, committed))
-            })
-            .await;
+        let result = writer.submit(f).await;
         self.track(&result);
         result
     }
