@@ -18,6 +18,24 @@ use crate::store::{SqliteSync, StoreOptions};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log line format: `text` (human-readable; coloured only when writing to a terminal) or `json` (one JSON
+    /// object per line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        env = "USER_SERVICE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,16 +1,22 @@
 //! The `user-service` command: parses the command line, sets up logging and runs the chosen command.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use user_service::config::{Cli, Command};
+use user_service::config::{Cli, Command, LogFormat};
 use user_service::store::Store;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
+    match cli.log_format {
+        // Colour codes only help a person at a terminal; in a file or a pipe they are noise.
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match cli.command {
         Command::Migrate(database) => {
             let options = database.store_options();

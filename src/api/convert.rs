@@ -1,10 +1,14 @@
 //! Conversions between the protobuf messages and the domain types.
 
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
 
 use crate::domain::FieldViolation;
+use crate::domain::field_table::user_field_table;
 use crate::domain::revision::Revision;
 use crate::domain::user::{Membership, State, User, UserFields};
 use crate::pb;
@@ -83,46 +87,109 @@ pub fn json_to_struct(o: &Map<String, Value>) -> prost_types::Struct {
     }
 }
 
-/// The writable fields of a request's user; conversion problems are added to `out` with paths under
-/// `prefix`.
-pub fn fields_from_proto(u: &pb::User, prefix: &str, out: &mut Vec<FieldViolation>) -> UserFields {
-    UserFields {
-        username: u.username.clone(),
-        email: u.email.clone(),
-        given_name: u.given_name.clone(),
-        family_name: u.family_name.clone(),
-        phone_number: u.phone_number.clone(),
-        national_id: u.national_id.clone(),
-        address: u.address.clone(),
-        birth_date: u.birth_date.clone(),
-        language_code: u.language_code.clone(),
-        region_code: u.region_code.clone(),
-        time_zone: u.time_zone.clone(),
-        image_uri: u.image_uri.clone(),
-        description: u.description.clone(),
-        labels: u.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        roles: u.roles.clone(),
-        memberships: u
-            .memberships
+/// The request path of one field, formatted only when a violation needs it.
+struct FieldPath<'a> {
+    prefix: &'a str,
+    name: &'static str,
+}
+
+impl fmt::Display for FieldPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.prefix, self.name)
+    }
+}
+
+/// How one writable field's value crosses between its prost form `P` and its domain form.
+trait ProtoValue<P>: Sized {
+    /// Conversion problems are added to `out` under `path`.
+    fn from_proto(value: &P, path: &FieldPath<'_>, out: &mut Vec<FieldViolation>) -> Self;
+    fn to_proto(&self) -> P;
+}
+
+impl ProtoValue<String> for String {
+    fn from_proto(value: &String, _: &FieldPath<'_>, _: &mut Vec<FieldViolation>) -> Self {
+        value.clone()
+    }
+
+    fn to_proto(&self) -> String {
+        self.clone()
+    }
+}
+
+impl ProtoValue<Vec<String>> for Vec<String> {
+    fn from_proto(value: &Vec<String>, _: &FieldPath<'_>, _: &mut Vec<FieldViolation>) -> Self {
+        value.clone()
+    }
+
+    fn to_proto(&self) -> Vec<String> {
+        self.clone()
+    }
+}
+
+impl ProtoValue<HashMap<String, String>> for BTreeMap<String, String> {
+    fn from_proto(value: &HashMap<String, String>, _: &FieldPath<'_>, _: &mut Vec<FieldViolation>) -> Self {
+        value.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn to_proto(&self) -> HashMap<String, String> {
+        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+impl ProtoValue<Vec<pb::Membership>> for Vec<Membership> {
+    fn from_proto(value: &Vec<pb::Membership>, _: &FieldPath<'_>, _: &mut Vec<FieldViolation>) -> Self {
+        value
             .iter()
-            .map(|m| Membership {
-                organization_id: m.organization_id.clone(),
-                role: m.role.clone(),
-                admin: m.admin,
+            .map(|m| {
+                let pb::Membership {
+                    organization_id,
+                    role,
+                    admin,
+                } = m;
+                Membership {
+                    organization_id: organization_id.clone(),
+                    role: role.clone(),
+                    admin: *admin,
+                }
             })
-            .collect(),
-        attributes: u
-            .attributes
-            .as_ref()
-            .map(|s| struct_to_json(s, &format!("{prefix}.attributes"), out)),
-        valid_from: u
-            .valid_from
-            .as_ref()
-            .and_then(|t| time_from_proto(t, &format!("{prefix}.valid_from"), out)),
-        expire_time: u
-            .expire_time
-            .as_ref()
-            .and_then(|t| time_from_proto(t, &format!("{prefix}.expire_time"), out)),
+            .collect()
+    }
+
+    fn to_proto(&self) -> Vec<pb::Membership> {
+        self.iter()
+            .map(|m| {
+                let Membership {
+                    organization_id,
+                    role,
+                    admin,
+                } = m;
+                pb::Membership {
+                    organization_id: organization_id.clone(),
+                    role: role.clone(),
+                    admin: *admin,
+                }
+            })
+            .collect()
+    }
+}
+
+impl ProtoValue<Option<prost_types::Struct>> for Option<Map<String, Value>> {
+    fn from_proto(value: &Option<prost_types::Struct>, path: &FieldPath<'_>, out: &mut Vec<FieldViolation>) -> Self {
+        value.as_ref().map(|s| struct_to_json(s, &path.to_string(), out))
+    }
+
+    fn to_proto(&self) -> Option<prost_types::Struct> {
+        self.as_ref().map(json_to_struct)
+    }
+}
+
+impl ProtoValue<Option<prost_types::Timestamp>> for Option<DateTime<Utc>> {
+    fn from_proto(value: &Option<prost_types::Timestamp>, path: &FieldPath<'_>, out: &mut Vec<FieldViolation>) -> Self {
+        value.as_ref().and_then(|t| time_from_proto(t, &path.to_string(), out))
+    }
+
+    fn to_proto(&self) -> Option<prost_types::Timestamp> {
+        self.map(timestamp)
     }
 }
 
@@ -134,50 +201,42 @@ fn state_to_proto(state: State) -> pb::user::State {
     }
 }
 
-/// The user as clients see it. `password` is never set: it is input only.
-pub fn user_to_proto(u: &User) -> pb::User {
-    let f = &u.fields;
-    pb::User {
-        id: u.id.to_string(),
-        username: f.username.clone(),
-        email: f.email.clone(),
-        email_verified: u.email_verified,
-        given_name: f.given_name.clone(),
-        family_name: f.family_name.clone(),
-        phone_number: f.phone_number.clone(),
-        national_id: f.national_id.clone(),
-        address: f.address.clone(),
-        birth_date: f.birth_date.clone(),
-        language_code: f.language_code.clone(),
-        region_code: f.region_code.clone(),
-        time_zone: f.time_zone.clone(),
-        image_uri: f.image_uri.clone(),
-        description: f.description.clone(),
-        state: state_to_proto(u.state()) as i32,
-        disabled_reason: u.disabled_reason.clone(),
-        labels: f.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        roles: f.roles.clone(),
-        memberships: f
-            .memberships
-            .iter()
-            .map(|m| pb::Membership {
-                organization_id: m.organization_id.clone(),
-                role: m.role.clone(),
-                admin: m.admin,
-            })
-            .collect(),
-        attributes: f.attributes.as_ref().map(json_to_struct),
-        valid_from: f.valid_from.map(timestamp),
-        expire_time: f.expire_time.map(timestamp),
-        password: String::new(),
-        create_time: Some(timestamp(u.create_time)),
-        update_time: Some(timestamp(u.update_time)),
-        delete_time: u.delete_time.map(timestamp),
-        purge_time: u.purge_time.map(timestamp),
-        revision: u.revision,
-        etag: u.etag(),
-    }
+/// Builds both conversions of `pb::User` from the field table. Each names every field of the message (no `..`), so
+/// a field added to the proto fails the build here until the table, or the service fields below, handle it.
+macro_rules! proto_conversions {
+    (writable { $($(#[$doc:meta])* $name:ident: $ty:ty = $variant:ident, $shape:ident, $behavior:ident, $access:ident, $text:expr;)* }
+     input_only { $input:ident = $input_variant:ident } output_only { $($output:ident),* } precondition { $precondition:ident }) => {
+        /// The writable fields of a request's user; conversion problems are added to `out` with paths under
+        /// `prefix`.
+        pub fn fields_from_proto(u: &pb::User, prefix: &str, out: &mut Vec<FieldViolation>) -> UserFields {
+            let pb::User { $($name,)* $input: _, $($output: _,)* $precondition: _ } = u;
+            UserFields {
+                $($name: ProtoValue::from_proto($name, &FieldPath { prefix, name: stringify!($name) }, out),)*
+            }
+        }
+
+        /// The user as clients see it. The password is never set: it is input only.
+        pub fn user_to_proto(u: &User) -> pb::User {
+            let UserFields { $($name,)* } = &u.fields;
+            pb::User {
+                $($name: ProtoValue::to_proto($name),)*
+                $input: String::new(),
+                id: u.id.to_string(),
+                email_verified: u.email_verified,
+                state: state_to_proto(u.state()) as i32,
+                disabled_reason: u.disabled_reason.clone(),
+                create_time: Some(timestamp(u.create_time)),
+                update_time: Some(timestamp(u.update_time)),
+                delete_time: u.delete_time.map(timestamp),
+                purge_time: u.purge_time.map(timestamp),
+                revision: u.revision,
+                etag: u.etag(),
+            }
+        }
+    };
 }
+
+user_field_table!(proto_conversions);
 
 pub fn revision_to_proto(r: &Revision) -> pb::UserRevision {
     pb::UserRevision {
@@ -187,5 +246,116 @@ pub fn revision_to_proto(r: &Revision) -> pb::UserRevision {
         create_time: Some(timestamp(r.create_time)),
         before: Some(json_to_struct(&r.before)),
         after: Some(json_to_struct(&r.after)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use prost_reflect::{DescriptorPool, Value as Reflected};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::change::{self, PasswordInput};
+    use crate::domain::field_mask::UserField;
+    use crate::domain::field_table::{Behavior, OUTPUT_ONLY_FIELDS, PRECONDITION_FIELD};
+
+    /// `google.api.FieldBehavior` numbers.
+    const REQUIRED: i32 = 2;
+    const OUTPUT_ONLY: i32 = 3;
+    const INPUT_ONLY: i32 = 4;
+
+    /// Every field of `users.v1.User` with its `field_behavior` options, as the descriptor set carries them.
+    fn proto_fields() -> BTreeMap<String, Vec<i32>> {
+        let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let behavior = pool
+            .get_extension_by_name("google.api.field_behavior")
+            .expect("field_behavior extension");
+        let user = pool.get_message_by_name("users.v1.User").expect("users.v1.User");
+        user.fields()
+            .map(|field| {
+                let numbers = match field.options().get_extension(&behavior).as_ref() {
+                    Reflected::List(values) => values.iter().filter_map(Reflected::as_enum_number).collect(),
+                    _ => Vec::new(),
+                };
+                (field.name().to_owned(), numbers)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_field_table_names_every_proto_field_once() {
+        let proto: BTreeSet<String> = proto_fields().into_keys().collect();
+        let mut table: Vec<&str> = UserField::ALL.iter().map(|f| f.name()).collect();
+        table.extend(OUTPUT_ONLY_FIELDS);
+        table.push(PRECONDITION_FIELD);
+        let listed: BTreeSet<String> = table.iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(listed.len(), table.len(), "a field is listed twice: {table:?}");
+        assert_eq!(listed, proto);
+    }
+
+    #[test]
+    fn the_field_table_flags_match_the_proto_field_behavior() {
+        let proto = proto_fields();
+        for field in UserField::ALL {
+            let behaviors = &proto[field.name()];
+            let expected = if behaviors.contains(&INPUT_ONLY) {
+                Behavior::InputOnly
+            } else if behaviors.contains(&REQUIRED) {
+                Behavior::Required
+            } else {
+                Behavior::Optional
+            };
+            assert_eq!(field.behavior(), expected, "{}: {behaviors:?}", field.name());
+            assert!(!behaviors.contains(&OUTPUT_ONLY), "{} is writable", field.name());
+        }
+        let output_only: BTreeSet<&str> = proto
+            .iter()
+            .filter(|(_, behaviors)| behaviors.contains(&OUTPUT_ONLY))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(output_only, OUTPUT_ONLY_FIELDS.into_iter().collect());
+        // Clients send the etag back, so it is not output only, yet no mask writes it.
+        assert!(!proto[PRECONDITION_FIELD].contains(&OUTPUT_ONLY));
+    }
+
+    #[test]
+    fn a_populated_user_survives_the_round_trip() {
+        let now = crate::domain::user::to_stored_precision(Utc::now());
+        let fields = UserFields {
+            username: "ann".into(),
+            email: "ann@example.com".into(),
+            given_name: "Ann".into(),
+            family_name: "Lee".into(),
+            phone_number: "+5712345678".into(),
+            national_id: "123".into(),
+            address: "Street 1".into(),
+            birth_date: "1990-01-02".into(),
+            language_code: "es-CO".into(),
+            region_code: "CO".into(),
+            time_zone: "America/Bogota".into(),
+            image_uri: "https://example.com/a.png".into(),
+            description: "about".into(),
+            labels: BTreeMap::from([("team".into(), "core".into())]),
+            roles: vec!["admin".into()],
+            memberships: vec![Membership {
+                organization_id: "org".into(),
+                role: "dev".into(),
+                admin: true,
+            }],
+            attributes: serde_json::json!({"score": 7.5, "tags": ["a"]}).as_object().cloned(),
+            valid_from: Some(now),
+            expire_time: Some(now + chrono::Duration::days(1)),
+        };
+        let user = change::create(Uuid::now_v7(), fields.clone(), PasswordInput::Absent, now)
+            .expect("a valid user")
+            .user;
+        assert_eq!(user.fields, fields, "nothing to normalize");
+        let mut violations = Vec::new();
+        let proto = user_to_proto(&user);
+        assert!(proto.password.is_empty());
+        assert_eq!(fields_from_proto(&proto, "user", &mut violations), fields);
+        assert!(violations.is_empty(), "{violations:?}");
     }
 }

@@ -3,6 +3,8 @@
 use std::fmt;
 
 use super::error::FieldViolation;
+pub use super::field_table::UserField;
+use super::field_table::{OUTPUT_ONLY_FIELDS, PRECONDITION_FIELD, Shape};
 use super::user::UserFields;
 
 /// Most paths one mask may hold; a longer mask is refused before any work is done on it.
@@ -10,107 +12,7 @@ pub const MAX_MASK_PATHS: usize = 1000;
 /// Longest single path, in bytes.
 pub const MAX_PATH_BYTES: usize = 512;
 
-/// A writable field of `User`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum UserField {
-    Username,
-    Email,
-    GivenName,
-    FamilyName,
-    PhoneNumber,
-    NationalId,
-    Address,
-    BirthDate,
-    LanguageCode,
-    RegionCode,
-    TimeZone,
-    ImageUri,
-    Description,
-    Labels,
-    Roles,
-    Memberships,
-    Attributes,
-    ValidFrom,
-    ExpireTime,
-    Password,
-}
-
-/// How a field may be addressed below its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    Scalar,
-    Map,
-    Repeated,
-    Message,
-}
-
 impl UserField {
-    pub const ALL: [UserField; 20] = [
-        UserField::Username,
-        UserField::Email,
-        UserField::GivenName,
-        UserField::FamilyName,
-        UserField::PhoneNumber,
-        UserField::NationalId,
-        UserField::Address,
-        UserField::BirthDate,
-        UserField::LanguageCode,
-        UserField::RegionCode,
-        UserField::TimeZone,
-        UserField::ImageUri,
-        UserField::Description,
-        UserField::Labels,
-        UserField::Roles,
-        UserField::Memberships,
-        UserField::Attributes,
-        UserField::ValidFrom,
-        UserField::ExpireTime,
-        UserField::Password,
-    ];
-
-    /// The proto field name, which is also the mask path.
-    pub fn name(self) -> &'static str {
-        match self {
-            UserField::Username => "username",
-            UserField::Email => "email",
-            UserField::GivenName => "given_name",
-            UserField::FamilyName => "family_name",
-            UserField::PhoneNumber => "phone_number",
-            UserField::NationalId => "national_id",
-            UserField::Address => "address",
-            UserField::BirthDate => "birth_date",
-            UserField::LanguageCode => "language_code",
-            UserField::RegionCode => "region_code",
-            UserField::TimeZone => "time_zone",
-            UserField::ImageUri => "image_uri",
-            UserField::Description => "description",
-            UserField::Labels => "labels",
-            UserField::Roles => "roles",
-            UserField::Memberships => "memberships",
-            UserField::Attributes => "attributes",
-            UserField::ValidFrom => "valid_from",
-            UserField::ExpireTime => "expire_time",
-            UserField::Password => "password",
-        }
-    }
-
-    /// Privileged fields may only be written by administrators (API §6).
-    pub fn is_privileged(self) -> bool {
-        matches!(
-            self,
-            UserField::Roles | UserField::Memberships | UserField::ValidFrom | UserField::ExpireTime
-        )
-    }
-
-    fn shape(self) -> Shape {
-        match self {
-            UserField::Labels | UserField::Attributes => Shape::Map,
-            UserField::Roles | UserField::Memberships => Shape::Repeated,
-            UserField::ValidFrom | UserField::ExpireTime => Shape::Message,
-            _ => Shape::Scalar,
-        }
-    }
-
     /// Finds a field by its proto name or its lowerCamelCase JSON name (REST masks may use either).
     pub fn from_name(name: &str) -> Option<UserField> {
         UserField::ALL
@@ -119,23 +21,11 @@ impl UserField {
     }
 }
 
-/// Fields the service maintains: a mask naming them is not an error, they are simply skipped (AIP-203).
-const OUTPUT_ONLY_FIELDS: [&str; 10] = [
-    "id",
-    "email_verified",
-    "state",
-    "disabled_reason",
-    "revision",
-    "etag",
-    "create_time",
-    "update_time",
-    "delete_time",
-    "purge_time",
-];
-
+/// Whether a mask path names a field the service maintains, in either spelling.
 fn is_output_only(name: &str) -> bool {
     OUTPUT_ONLY_FIELDS
         .iter()
+        .chain([&PRECONDITION_FIELD])
         .any(|f| *f == name || snake_to_lower_camel(f) == name)
 }
 
@@ -259,7 +149,7 @@ impl UpdateMask {
                 if f == UserField::Password {
                     password_sent
                 } else {
-                    !is_default(user, f)
+                    !user.is_unset(f)
                 }
             })
             .map(MaskPath::Field)
@@ -322,31 +212,6 @@ impl fmt::Display for UpdateMask {
     }
 }
 
-fn is_default(user: &UserFields, field: UserField) -> bool {
-    match field {
-        UserField::Username => user.username.is_empty(),
-        UserField::Email => user.email.is_empty(),
-        UserField::GivenName => user.given_name.is_empty(),
-        UserField::FamilyName => user.family_name.is_empty(),
-        UserField::PhoneNumber => user.phone_number.is_empty(),
-        UserField::NationalId => user.national_id.is_empty(),
-        UserField::Address => user.address.is_empty(),
-        UserField::BirthDate => user.birth_date.is_empty(),
-        UserField::LanguageCode => user.language_code.is_empty(),
-        UserField::RegionCode => user.region_code.is_empty(),
-        UserField::TimeZone => user.time_zone.is_empty(),
-        UserField::ImageUri => user.image_uri.is_empty(),
-        UserField::Description => user.description.is_empty(),
-        UserField::Labels => user.labels.is_empty(),
-        UserField::Roles => user.roles.is_empty(),
-        UserField::Memberships => user.memberships.is_empty(),
-        UserField::Attributes => user.attributes.is_none(),
-        UserField::ValidFrom => user.valid_from.is_none(),
-        UserField::ExpireTime => user.expire_time.is_none(),
-        UserField::Password => true,
-    }
-}
-
 fn apply_path(path: &MaskPath, target: &mut UserFields, source: &UserFields) {
     match path {
         MaskPath::LabelKey(key) => match source.labels.get(key) {
@@ -370,32 +235,7 @@ fn apply_path(path: &MaskPath, target: &mut UserFields, source: &UserFields) {
                 }
             }
         },
-        MaskPath::Field(field) => copy_field(*field, target, source),
-    }
-}
-
-fn copy_field(field: UserField, t: &mut UserFields, s: &UserFields) {
-    match field {
-        UserField::Username => t.username.clone_from(&s.username),
-        UserField::Email => t.email.clone_from(&s.email),
-        UserField::GivenName => t.given_name.clone_from(&s.given_name),
-        UserField::FamilyName => t.family_name.clone_from(&s.family_name),
-        UserField::PhoneNumber => t.phone_number.clone_from(&s.phone_number),
-        UserField::NationalId => t.national_id.clone_from(&s.national_id),
-        UserField::Address => t.address.clone_from(&s.address),
-        UserField::BirthDate => t.birth_date.clone_from(&s.birth_date),
-        UserField::LanguageCode => t.language_code.clone_from(&s.language_code),
-        UserField::RegionCode => t.region_code.clone_from(&s.region_code),
-        UserField::TimeZone => t.time_zone.clone_from(&s.time_zone),
-        UserField::ImageUri => t.image_uri.clone_from(&s.image_uri),
-        UserField::Description => t.description.clone_from(&s.description),
-        UserField::Labels => t.labels.clone_from(&s.labels),
-        UserField::Roles => t.roles.clone_from(&s.roles),
-        UserField::Memberships => t.memberships.clone_from(&s.memberships),
-        UserField::Attributes => t.attributes.clone_from(&s.attributes),
-        UserField::ValidFrom => t.valid_from = s.valid_from,
-        UserField::ExpireTime => t.expire_time = s.expire_time,
-        UserField::Password => {}
+        MaskPath::Field(field) => target.copy_field(*field, source),
     }
 }
 

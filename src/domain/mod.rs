@@ -5,6 +5,7 @@ pub mod change;
 pub mod command;
 pub mod error;
 pub mod field_mask;
+pub mod field_table;
 pub mod filter;
 pub mod password;
 pub mod permission;

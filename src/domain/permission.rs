@@ -114,19 +114,11 @@ pub fn check_privileged_unchanged(caller: &Caller, before: &UserFields, after: &
     if caller.is_admin() {
         return Ok(());
     }
-    let mut changed = Vec::new();
-    if before.roles != after.roles {
-        changed.push("user.roles".to_owned());
-    }
-    if before.memberships != after.memberships {
-        changed.push("user.memberships".to_owned());
-    }
-    if before.valid_from != after.valid_from {
-        changed.push("user.valid_from".to_owned());
-    }
-    if before.expire_time != after.expire_time {
-        changed.push("user.expire_time".to_owned());
-    }
+    let changed: Vec<String> = UserField::ALL
+        .into_iter()
+        .filter(|&f| f.is_privileged() && !before.same(after, f))
+        .map(|f| format!("user.{}", f.name()))
+        .collect();
     if changed.is_empty() {
         Ok(())
     } else {

@@ -1,5 +1,7 @@
 //! The audit record of a change: which paths changed, with their values before and after.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
@@ -50,62 +52,20 @@ pub fn diff(before: Option<&User>, after: &User, password_changed: bool) -> Diff
     let empty = UserFields::default();
     let (bf, af) = (before.map_or(&empty, |u| &u.fields), &after.fields);
     for field in UserField::ALL {
-        match field {
-            UserField::Password => {
-                if password_changed {
-                    let had = before.is_some_and(|u| u.has_password);
-                    let redacted = |present: bool| {
-                        if present {
-                            Value::String(REDACTED.to_owned())
-                        } else {
-                            Value::Null
-                        }
-                    };
-                    d.record("password".into(), redacted(had), redacted(after.has_password));
-                }
-            }
-            UserField::Labels => {
-                let keys: std::collections::BTreeSet<&String> = bf.labels.keys().chain(af.labels.keys()).collect();
-                for key in keys {
-                    let (b, a) = (bf.labels.get(key), af.labels.get(key));
-                    if b != a {
-                        let to_json = |v: Option<&String>| v.map_or(Value::Null, |s| Value::String(s.clone()));
-                        d.record(format!("labels.{}", quote_segment(key)), to_json(b), to_json(a));
+        if field == UserField::Password {
+            if password_changed {
+                let had = before.is_some_and(|u| u.has_password);
+                let redacted = |present: bool| {
+                    if present {
+                        Value::String(REDACTED.to_owned())
+                    } else {
+                        Value::Null
                     }
-                }
+                };
+                d.record("password".into(), redacted(had), redacted(after.has_password));
             }
-            UserField::Attributes => {
-                // Key by key, an absent object counting as empty, so that a first key shows as
-                // `attributes.<key>` like every later one.
-                let empty = Map::new();
-                let (b, a) = (
-                    bf.attributes.as_ref().unwrap_or(&empty),
-                    af.attributes.as_ref().unwrap_or(&empty),
-                );
-                let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
-                let before_len = d.paths.len();
-                for key in keys {
-                    let (bv, av) = (b.get(key), a.get(key));
-                    if bv != av {
-                        d.record(
-                            format!("attributes.{}", quote_segment(key)),
-                            bv.cloned().unwrap_or(Value::Null),
-                            av.cloned().unwrap_or(Value::Null),
-                        );
-                    }
-                }
-                if d.paths.len() == before_len && bf.attributes.is_some() != af.attributes.is_some() {
-                    // Only presence changed (an empty object set or cleared).
-                    let to_json = |v: &Option<Map<String, Value>>| v.clone().map_or(Value::Null, Value::Object);
-                    d.record("attributes".into(), to_json(&bf.attributes), to_json(&af.attributes));
-                }
-            }
-            _ => {
-                let (b, a) = (field_json(bf, field), field_json(af, field));
-                if b != a {
-                    d.record(field.name().into(), b, a);
-                }
-            }
+        } else {
+            UserFields::record_diff(bf, af, field, &mut d);
         }
     }
     let service_fields: [(&str, ServiceFieldValue); 5] = [
@@ -145,30 +105,109 @@ fn membership_json(m: &Membership) -> Value {
     serde_json::json!({"organizationId": m.organization_id, "role": m.role, "admin": m.admin})
 }
 
-/// A writable field's value as JSON; unset values are null so before/after show presence plainly.
-fn field_json(f: &UserFields, field: UserField) -> Value {
-    match field {
-        UserField::Username => string_or_null(&f.username),
-        UserField::Email => string_or_null(&f.email),
-        UserField::GivenName => string_or_null(&f.given_name),
-        UserField::FamilyName => string_or_null(&f.family_name),
-        UserField::PhoneNumber => string_or_null(&f.phone_number),
-        UserField::NationalId => string_or_null(&f.national_id),
-        UserField::Address => string_or_null(&f.address),
-        UserField::BirthDate => string_or_null(&f.birth_date),
-        UserField::LanguageCode => string_or_null(&f.language_code),
-        UserField::RegionCode => string_or_null(&f.region_code),
-        UserField::TimeZone => string_or_null(&f.time_zone),
-        UserField::ImageUri => string_or_null(&f.image_uri),
-        UserField::Description => string_or_null(&f.description),
-        UserField::Roles if f.roles.is_empty() => Value::Null,
-        UserField::Roles => Value::Array(f.roles.iter().cloned().map(Value::String).collect()),
-        UserField::Memberships if f.memberships.is_empty() => Value::Null,
-        UserField::Memberships => Value::Array(f.memberships.iter().map(membership_json).collect()),
-        UserField::ValidFrom => time_json(f.valid_from),
-        UserField::ExpireTime => time_json(f.expire_time),
-        // Maps and the password are diffed key by key / redacted in `diff`.
-        UserField::Labels | UserField::Attributes | UserField::Password => Value::Null,
+/// How a writable field's value is recorded in a revision: unset values are null, so before and after show
+/// presence plainly; maps are recorded key by key, as the mask paths that write them.
+pub(crate) trait RevisionValue {
+    fn record_diff(before: &Self, after: &Self, name: &str, d: &mut Diff);
+}
+
+/// Records a field whose value is compared and recorded whole.
+fn record_whole(d: &mut Diff, name: &str, before: Value, after: Value) {
+    if before != after {
+        d.record(name.into(), before, after);
+    }
+}
+
+impl RevisionValue for String {
+    fn record_diff(before: &Self, after: &Self, name: &str, d: &mut Diff) {
+        record_whole(d, name, string_or_null(before), string_or_null(after));
+    }
+}
+
+impl RevisionValue for Option<DateTime<Utc>> {
+    fn record_diff(before: &Self, after: &Self, name: &str, d: &mut Diff) {
+        record_whole(d, name, time_json(*before), time_json(*after));
+    }
+}
+
+/// A repeated field as a JSON array; null when empty.
+fn list_json<T>(items: &[T], item_json: impl Fn(&T) -> Value) -> Value {
+    if items.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(items.iter().map(item_json).collect())
+    }
+}
+
+impl RevisionValue for Vec<String> {
+    fn record_diff(before: &Self, after: &Self, name: &str, d: &mut Diff) {
+        let json = |s: &String| Value::String(s.clone());
+        record_whole(d, name, list_json(before, json), list_json(after, json));
+    }
+}
+
+impl RevisionValue for Vec<Membership> {
+    fn record_diff(before: &Self, after: &Self, name: &str, d: &mut Diff) {
+        record_whole(
+            d,
+            name,
+            list_json(before, membership_json),
+            list_json(after, membership_json),
+        );
+    }
+}
+
+/// Records every key of a map field whose value differs, as `<name>.<key>` with null where a key is absent;
+/// returns whether it recorded any.
+fn record_keys<'a, V: PartialEq + 'a>(
+    d: &mut Diff,
+    name: &str,
+    keys: BTreeSet<&'a String>,
+    before: impl Fn(&str) -> Option<&'a V>,
+    after: impl Fn(&str) -> Option<&'a V>,
+    json: impl Fn(&V) -> Value,
+) -> bool {
+    let recorded = d.paths.len();
+    for key in keys {
+        let (b, a) = (before(key), after(key));
+        if b != a {
+            d.record(
+                format!("{name}.{}", quote_segment(key)),
+                b.map_or(Value::Null, &json),
+                a.map_or(Value::Null, &json),
+            );
+        }
+    }
+    d.paths.len() > recorded
+}
+
+impl RevisionValue for BTreeMap<String, String> {
+    fn record_diff(before: &Self, after: &Self, name: &str, d: &mut Diff) {
+        let keys = before.keys().chain(after.keys()).collect();
+        record_keys(
+            d,
+            name,
+            keys,
+            |k| before.get(k),
+            |k| after.get(k),
+            |v| Value::String(v.clone()),
+        );
+    }
+}
+
+impl RevisionValue for Option<Map<String, Value>> {
+    fn record_diff(before: &Self, after: &Self, name: &str, d: &mut Diff) {
+        // Key by key, an absent object counting as empty, so that a first key shows as `attributes.<key>` like
+        // every later one.
+        let empty = Map::new();
+        let (b, a) = (before.as_ref().unwrap_or(&empty), after.as_ref().unwrap_or(&empty));
+        let keys = b.keys().chain(a.keys()).collect();
+        let recorded = record_keys(d, name, keys, |k| b.get(k), |k| a.get(k), Value::clone);
+        if !recorded && before.is_some() != after.is_some() {
+            // Only presence changed (an empty object set or cleared).
+            let json = |v: &Self| v.clone().map_or(Value::Null, Value::Object);
+            d.record(name.into(), json(before), json(after));
+        }
     }
 }
 

@@ -1,9 +1,6 @@
 //! The `User` resource as the domain sees it: plain Rust values, no wire or storage types.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
 use uuid::Uuid;
 
 /// Lifecycle state. `Deleted` wins over `Disabled`: a disabled user that is deleted and later undeleted is
@@ -45,31 +42,7 @@ pub struct Membership {
     pub admin: bool,
 }
 
-/// The writable part of a user: every field a caller may set through a mask. An empty string means "unset",
-/// as in proto3; `None` means an absent message field.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct UserFields {
-    pub username: String,
-    pub email: String,
-    pub given_name: String,
-    pub family_name: String,
-    pub phone_number: String,
-    pub national_id: String,
-    pub address: String,
-    pub birth_date: String,
-    pub language_code: String,
-    pub region_code: String,
-    pub time_zone: String,
-    pub image_uri: String,
-    pub description: String,
-    pub labels: BTreeMap<String, String>,
-    pub roles: Vec<String>,
-    pub memberships: Vec<Membership>,
-    /// A JSON object (`google.protobuf.Struct`); `None` when the user has none.
-    pub attributes: Option<Map<String, Value>>,
-    pub valid_from: Option<DateTime<Utc>>,
-    pub expire_time: Option<DateTime<Utc>>,
-}
+pub use super::field_table::UserFields;
 
 /// A stored user: the writable fields plus everything the service maintains.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,6 +13,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde_json::{Map, Value};
 
 use crate::domain::error::FieldViolation;
+use crate::domain::field_table::{Behavior, UserField};
 use crate::domain::user::{Membership, UserFields};
 
 /// Roles travel in tokens and are evaluated on every authorization check; 100 is far more than any real
@@ -40,10 +41,10 @@ pub const MAX_EMAIL_CHARS: usize = 254;
 const MAX_EMAIL_LOCAL_PART_CHARS: usize = 64;
 const MAX_EMAIL_DOMAIN_CHARS: usize = 253;
 const MAX_DNS_LABEL_CHARS: usize = 63;
-const MAX_NAME_CHARS: usize = 200;
-const MAX_NATIONAL_ID_CHARS: usize = 64;
-const MAX_ADDRESS_CHARS: usize = 500;
-const MAX_DESCRIPTION_CHARS: usize = 2000;
+pub(crate) const MAX_NAME_CHARS: usize = 200;
+pub(crate) const MAX_NATIONAL_ID_CHARS: usize = 64;
+pub(crate) const MAX_ADDRESS_CHARS: usize = 500;
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 2000;
 /// RFC 5646 asks implementations to accept tags of at least 35 characters; longer ones are not in use.
 const MAX_LANGUAGE_TAG_CHARS: usize = 35;
 /// The de-facto limit of browsers and CDNs.
@@ -65,12 +66,58 @@ const CONTROL_DESCRIPTION: &str = "must not contain control characters";
 /// language_code in canonical BCP 47 case (language lower, script Title, region upper), e.g. "ES-co" -> "es-CO".
 /// Leaves anything it cannot interpret untouched (validation then reports it). Does NOT trim whitespace.
 pub fn normalize(fields: &mut UserFields) {
-    // ASCII-only case mapping: Unicode lower-casing would turn look-alikes such as the Kelvin sign (U+212A)
-    // into valid ASCII names; left as they are, validation rejects them.
-    fields.username.make_ascii_lowercase();
-    fields.region_code.make_ascii_uppercase();
-    if let Ok(canonical) = canonical_language_tag(&fields.language_code) {
-        fields.language_code = canonical;
+    for field in UserField::ALL {
+        if let (Some(rule), Some(value)) = (field.text_rule(), fields.text_mut(field)) {
+            normalize_text(rule, value);
+        }
+    }
+}
+
+/// The rule a string field of `User` follows; the field table names one for every string field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextRule {
+    Username,
+    Email,
+    /// Free text on one line, of at most this many characters.
+    SingleLine(usize),
+    /// Free text that may hold line breaks, of at most this many characters.
+    MultiLine(usize),
+    PhoneNumber,
+    BirthDate,
+    LanguageCode,
+    RegionCode,
+    TimeZone,
+    ImageUri,
+}
+
+fn normalize_text(rule: TextRule, value: &mut String) {
+    match rule {
+        // ASCII-only case mapping: Unicode lower-casing would turn look-alikes such as the Kelvin sign (U+212A)
+        // into valid ASCII names; left as they are, validation rejects them.
+        TextRule::Username => value.make_ascii_lowercase(),
+        TextRule::RegionCode => value.make_ascii_uppercase(),
+        TextRule::LanguageCode => {
+            if let Ok(canonical) = canonical_language_tag(value) {
+                *value = canonical;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Checks a non-empty string without NUL against its rule.
+fn check_text(rule: TextRule, value: &str, today: NaiveDate) -> Result<(), String> {
+    match rule {
+        TextRule::Username => check_username(value),
+        TextRule::Email => check_email(value),
+        TextRule::SingleLine(max) => single_line_text(value, max),
+        TextRule::MultiLine(max) => multi_line_text(value, max),
+        TextRule::PhoneNumber => check_phone_number(value),
+        TextRule::BirthDate => check_birth_date(value, today),
+        TextRule::LanguageCode => check_language_code(value),
+        TextRule::RegionCode => check_region_code(value),
+        TextRule::TimeZone => check_time_zone(value),
+        TextRule::ImageUri => check_image_uri(value),
     }
 }
 
@@ -82,42 +129,17 @@ pub fn normalize(fields: &mut UserFields) {
 pub fn validate_fields(fields: &UserFields, prefix: &str, today: NaiveDate, out: &mut Vec<FieldViolation>) {
     let mut v = Violations { prefix, out };
 
-    v.check("username", optional(&fields.username, check_username));
-    let email = if fields.email.is_empty() {
-        Err("is required".to_owned())
-    } else {
-        optional(&fields.email, check_email)
-    };
-    v.check("email", email);
-    v.check(
-        "given_name",
-        optional(&fields.given_name, |s| single_line_text(s, MAX_NAME_CHARS)),
-    );
-    v.check(
-        "family_name",
-        optional(&fields.family_name, |s| single_line_text(s, MAX_NAME_CHARS)),
-    );
-    v.check("phone_number", optional(&fields.phone_number, check_phone_number));
-    v.check(
-        "national_id",
-        optional(&fields.national_id, |s| single_line_text(s, MAX_NATIONAL_ID_CHARS)),
-    );
-    v.check(
-        "address",
-        optional(&fields.address, |s| multi_line_text(s, MAX_ADDRESS_CHARS)),
-    );
-    v.check(
-        "birth_date",
-        optional(&fields.birth_date, |s| check_birth_date(s, today)),
-    );
-    v.check("language_code", optional(&fields.language_code, check_language_code));
-    v.check("region_code", optional(&fields.region_code, check_region_code));
-    v.check("time_zone", optional(&fields.time_zone, check_time_zone));
-    v.check("image_uri", optional(&fields.image_uri, check_image_uri));
-    v.check(
-        "description",
-        optional(&fields.description, |s| multi_line_text(s, MAX_DESCRIPTION_CHARS)),
-    );
+    for field in UserField::ALL {
+        let (Some(rule), Some(value)) = (field.text_rule(), fields.text(field)) else {
+            continue;
+        };
+        let result = if value.is_empty() && field.behavior() == Behavior::Required {
+            Err("is required".to_owned())
+        } else {
+            optional(value, |s| check_text(rule, s, today))
+        };
+        v.check(field.name(), result);
+    }
 
     check_labels(&mut v, &fields.labels);
     check_roles(&mut v, &fields.roles);

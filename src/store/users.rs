@@ -13,6 +13,7 @@ use super::connection::{DbConnection, MultiBackend};
 use super::schema::{user_labels, user_revisions, user_roles, users};
 use crate::domain::change::PasswordWrite;
 use crate::domain::command::Outcome;
+use crate::domain::field_table::user_field_table;
 use crate::domain::filter::{Condition, Filter, TextField, TextPattern};
 use crate::domain::query::{OrderBy, OrderField};
 use crate::domain::revision::{self, Revision};
@@ -83,91 +84,137 @@ fn naive(t: DateTime<Utc>) -> NaiveDateTime {
     t.naive_utc()
 }
 
-impl UserRow {
-    fn from_user(user: &User, password_hash: Option<String>) -> Result<UserRow, DieselError> {
-        let f = &user.fields;
-        Ok(UserRow {
-            id: user.id.to_string(),
-            username: (!f.username.is_empty()).then(|| f.username.clone()),
-            email: f.email.clone(),
-            email_key: f.email.to_lowercase(),
-            email_verified: user.email_verified,
-            given_name: f.given_name.clone(),
-            family_name: f.family_name.clone(),
-            phone_number: f.phone_number.clone(),
-            national_id: f.national_id.clone(),
-            address: f.address.clone(),
-            birth_date: f.birth_date.clone(),
-            language_code: f.language_code.clone(),
-            region_code: f.region_code.clone(),
-            time_zone: f.time_zone.clone(),
-            image_uri: f.image_uri.clone(),
-            description: f.description.clone(),
-            disabled: user.disabled,
-            disabled_reason: user.disabled_reason.clone(),
-            labels: to_json(&f.labels)?,
-            roles: to_json(&f.roles)?,
-            memberships: to_json(&f.memberships)?,
-            attributes: f.attributes.as_ref().map(to_json).transpose()?,
-            valid_from: f.valid_from.map(naive),
-            expire_time: f.expire_time.map(naive),
-            password_hash,
-            create_time: naive(user.create_time),
-            update_time: naive(user.update_time),
-            delete_time: user.delete_time.map(naive),
-            purge_time: user.purge_time.map(naive),
-            revision: user.revision,
-        })
+/// How one writable field's domain value is stored in its column of type `C`; the row's column type picks the
+/// form (`username` is `NULL` when unset, so unset names never collide in its unique index).
+trait Column<C>: Sized {
+    fn to_column(&self) -> Result<C, DieselError>;
+    /// `name` says which column is corrupt when the stored value does not decode.
+    fn from_column(column: C, name: &str) -> Result<Self, DieselError>;
+}
+
+impl Column<String> for String {
+    fn to_column(&self) -> Result<String, DieselError> {
+        Ok(self.clone())
     }
 
-    fn into_user(self) -> Result<(User, Option<String>), DieselError> {
-        let labels: BTreeMap<String, String> = serde_json::from_str(&self.labels).map_err(|e| corrupt("labels", e))?;
-        let roles: Vec<String> = serde_json::from_str(&self.roles).map_err(|e| corrupt("roles", e))?;
-        let memberships: Vec<Membership> =
-            serde_json::from_str(&self.memberships).map_err(|e| corrupt("memberships", e))?;
-        let attributes: Option<Map<String, Value>> = self
-            .attributes
+    fn from_column(column: String, _: &str) -> Result<Self, DieselError> {
+        Ok(column)
+    }
+}
+
+impl Column<Option<String>> for String {
+    fn to_column(&self) -> Result<Option<String>, DieselError> {
+        Ok((!self.is_empty()).then(|| self.clone()))
+    }
+
+    fn from_column(column: Option<String>, _: &str) -> Result<Self, DieselError> {
+        Ok(column.unwrap_or_default())
+    }
+}
+
+impl Column<Option<NaiveDateTime>> for Option<DateTime<Utc>> {
+    fn to_column(&self) -> Result<Option<NaiveDateTime>, DieselError> {
+        Ok(self.map(naive))
+    }
+
+    fn from_column(column: Option<NaiveDateTime>, _: &str) -> Result<Self, DieselError> {
+        Ok(column.map(utc))
+    }
+}
+
+/// Collections are stored as JSON text.
+macro_rules! json_column {
+    ($($ty:ty),*) => {
+        $(impl Column<String> for $ty {
+            fn to_column(&self) -> Result<String, DieselError> {
+                to_json(self)
+            }
+
+            fn from_column(column: String, name: &str) -> Result<Self, DieselError> {
+                serde_json::from_str(&column).map_err(|e| corrupt(name, e))
+            }
+        })*
+    };
+}
+json_column!(BTreeMap<String, String>, Vec<String>, Vec<Membership>);
+
+impl Column<Option<String>> for Option<Map<String, Value>> {
+    fn to_column(&self) -> Result<Option<String>, DieselError> {
+        self.as_ref().map(to_json).transpose()
+    }
+
+    fn from_column(column: Option<String>, name: &str) -> Result<Self, DieselError> {
+        column
             .as_deref()
             .map(serde_json::from_str)
             .transpose()
-            .map_err(|e| corrupt("attributes", e))?;
-        let id = Uuid::try_parse(&self.id).map_err(|e| corrupt("id", e))?;
-        let user = User {
-            id,
-            fields: UserFields {
-                username: self.username.unwrap_or_default(),
-                email: self.email,
-                given_name: self.given_name,
-                family_name: self.family_name,
-                phone_number: self.phone_number,
-                national_id: self.national_id,
-                address: self.address,
-                birth_date: self.birth_date,
-                language_code: self.language_code,
-                region_code: self.region_code,
-                time_zone: self.time_zone,
-                image_uri: self.image_uri,
-                description: self.description,
-                labels,
-                roles,
-                memberships,
-                attributes,
-                valid_from: self.valid_from.map(utc),
-                expire_time: self.expire_time.map(utc),
-            },
-            email_verified: self.email_verified,
-            disabled: self.disabled,
-            disabled_reason: self.disabled_reason,
-            has_password: self.password_hash.is_some(),
-            create_time: utc(self.create_time),
-            update_time: utc(self.update_time),
-            delete_time: self.delete_time.map(utc),
-            purge_time: self.purge_time.map(utc),
-            revision: self.revision,
-        };
-        Ok((user, self.password_hash))
+            .map_err(|e| corrupt(name, e))
     }
 }
+
+/// Builds both conversions of `UserRow` from the field table. Each names every column of the row (no `..`), so a
+/// column missing from the row, or one neither the table nor the service columns below handle, fails the build.
+macro_rules! row_conversions {
+    (writable { $($(#[$doc:meta])* $name:ident: $ty:ty = $variant:ident, $shape:ident, $behavior:ident, $access:ident, $text:expr;)* }
+     input_only { $input:ident = $input_variant:ident } output_only { $($output:ident),* } precondition { $precondition:ident }) => {
+        impl UserRow {
+            fn from_user(user: &User, password_hash: Option<String>) -> Result<UserRow, DieselError> {
+                let UserFields { $($name,)* } = &user.fields;
+                Ok(UserRow {
+                    $($name: Column::to_column($name)?,)*
+                    // Uniqueness is case-insensitive: the unique index is on the lower-cased address.
+                    email_key: user.fields.email.to_lowercase(),
+                    id: user.id.to_string(),
+                    email_verified: user.email_verified,
+                    disabled: user.disabled,
+                    disabled_reason: user.disabled_reason.clone(),
+                    password_hash,
+                    create_time: naive(user.create_time),
+                    update_time: naive(user.update_time),
+                    delete_time: user.delete_time.map(naive),
+                    purge_time: user.purge_time.map(naive),
+                    revision: user.revision,
+                })
+            }
+
+            fn into_user(self) -> Result<(User, Option<String>), DieselError> {
+                let UserRow {
+                    $($name,)*
+                    email_key: _,
+                    id,
+                    email_verified,
+                    disabled,
+                    disabled_reason,
+                    password_hash,
+                    create_time,
+                    update_time,
+                    delete_time,
+                    purge_time,
+                    revision,
+                } = self;
+                let fields = UserFields {
+                    $($name: Column::from_column($name, stringify!($name))?,)*
+                };
+                let user = User {
+                    id: Uuid::try_parse(&id).map_err(|e| corrupt("id", e))?,
+                    fields,
+                    email_verified,
+                    disabled,
+                    disabled_reason,
+                    has_password: password_hash.is_some(),
+                    create_time: utc(create_time),
+                    update_time: utc(update_time),
+                    delete_time: delete_time.map(utc),
+                    purge_time: purge_time.map(utc),
+                    revision,
+                };
+                Ok((user, password_hash))
+            }
+        }
+    };
+}
+
+user_field_table!(row_conversions);
 
 /// A stored user with its password hash.
 pub type Stored = (User, Option<String>);

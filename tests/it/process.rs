@@ -462,3 +462,35 @@ async fn a_short_secret_stops_the_start() {
     );
     assert!(output.stdout.is_empty(), "no token printed");
 }
+
+/// Runs `migrate` on a fresh database with `extra` flags and returns what it logged to stdout (a pipe).
+fn migrate_logs(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("users.db").display());
+    let output = Command::new(env!("CARGO_BIN_EXE_user-service"))
+        .args(extra)
+        .args(["migrate", "--database-url", &url])
+        .env("RUST_LOG", "info")
+        .env_remove("USER_SERVICE_LOG_FORMAT")
+        .output()
+        .expect("binary runs");
+    assert!(output.status.success(), "migrate fails: {output:?}");
+    String::from_utf8(output.stdout).expect("UTF-8 logs")
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes_and_json_logs_are_json() {
+    let text = migrate_logs(&[]);
+    assert!(text.contains("migrations done"), "{text}");
+    assert!(!text.contains('\u{1b}'), "ANSI escapes in a pipe: {text:?}");
+
+    let json = migrate_logs(&["--log-format", "json"]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "migrations done"),
+        "{json}"
+    );
+}
