@@ -930,10 +930,12 @@ async fn open_loop(
 // --- in-process store --------------------------------------------------------------------------------------------
 
 async fn store(url: &str, op: StoreOp, users: u64, requests: u64, concurrency: usize) -> anyhow::Result<()> {
-    use user_service::domain::change::{self, PasswordInput, Patch};
+    use user_service::domain::caller::Caller;
+    use user_service::domain::change::{PasswordInput, Patch};
+    use user_service::domain::command::{Command, Update};
     use user_service::domain::field_mask::UpdateMask;
     use user_service::domain::user::UserFields;
-    use user_service::store::{Mutation, Store, StoreOptions};
+    use user_service::store::{Store, StoreOptions};
 
     let store = Store::open(&StoreOptions {
         url: url.to_owned(),
@@ -978,20 +980,21 @@ async fn store(url: &str, op: StoreOp, users: u64, requests: u64, concurrency: u
                                     mask,
                                     etag: String::new(),
                                 };
-                                let decide: user_service::store::Decide = Box::new(move |stored, now| match stored {
-                                    Some(stored) => change::update(stored, patch, now),
-                                    None => Err(user_service::domain::Error::not_found(id)),
-                                });
-                                let mutation = Mutation {
+                                let command = Command::Update(Update {
                                     id,
-                                    field_prefix: None,
-                                    decide,
+                                    patch,
+                                    allow_missing: false,
+                                    observed_revision: None,
+                                });
+                                let caller = Caller {
+                                    subject: "bench".into(),
+                                    scopes: Vec::new(),
                                 };
                                 store
-                                    .write("bench".into(), vec![mutation], false)
+                                    .write(caller, vec![command], false)
                                     .await
                                     .map(|_| ())
-                                    .map_err(|e| e.to_string())
+                                    .map_err(|e| e.into_error(|_, e| e).to_string())
                             }
                             Err(e) => Err(e),
                         }

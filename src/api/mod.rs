@@ -8,23 +8,24 @@ pub mod status;
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::domain::caller::Caller;
-use crate::domain::change::{self, Outcome, PasswordInput, Patch};
-use crate::domain::error::{Conflict, Error, FieldViolation};
-use crate::domain::field_mask::{UpdateMask, UserField};
+use crate::domain::change::{self, PasswordInput, Patch};
+use crate::domain::command::{self, Command, Create, Update, WriteError};
+use crate::domain::error::{Conflict, Error};
+use crate::domain::field_mask::UpdateMask;
 use crate::domain::permission::{self, Rpc};
-use crate::domain::user::{User, UserFields};
+use crate::domain::query::{self, Lookup, OrderField};
+use crate::domain::user::User;
 use crate::domain::{filter, validate};
 use crate::hash_pool::HashPool;
 use crate::limits::{self, Admission, RateLimiter};
 use crate::metrics::{Metrics, Protocol};
 use crate::pb;
 use crate::pb::user_service_server::UserService;
-use crate::store::{Cursor, ListQuery, Mutation, OrderBy, OrderField, Store};
+use crate::store::{Cursor, ListQuery, Store};
 use crate::transcode::errors::code_name;
 use convert::{fields_from_proto, revision_to_proto, user_to_proto};
 use page_token::PageToken;
@@ -32,8 +33,7 @@ use page_token::PageToken;
 /// Default and largest page sizes of the list methods (AIP-158: larger requests are lowered, not refused).
 pub const DEFAULT_PAGE_SIZE: i32 = 50;
 pub const MAX_PAGE_SIZE: i32 = 1000;
-/// Most updates one BatchUpdateUsers may carry.
-pub const MAX_BATCH_SIZE: usize = 1000;
+pub use crate::domain::command::MAX_BATCH_SIZE;
 /// The message limit list pages are cut to when none is configured (the default of `--max-message-bytes`).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// What a list page leaves free under the message limit for everything but its items: the next_page_token (an
@@ -193,8 +193,7 @@ impl UserServiceImpl {
     async fn write_within_conflict_allowance(
         &self,
         caller: &Caller,
-        mutations: Vec<Mutation>,
-        validate_only: bool,
+        write: Write,
         may_conflict: bool,
     ) -> Result<Vec<User>, Error> {
         let reservation = if may_conflict && !caller.is_admin() {
@@ -210,7 +209,7 @@ impl UserServiceImpl {
         } else {
             None
         };
-        let result = self.store.write(caller.subject.clone(), mutations, validate_only).await;
+        let result = self.write(caller, write).await;
         if let (
             Some(reservation),
             Err(Error::AlreadyExists {
@@ -273,34 +272,6 @@ fn fit_page<T, P: prost::Message>(
     (items, token)
 }
 
-fn parse_order_by(raw: &str) -> Result<OrderBy, Error> {
-    let words: Vec<&str> = raw.split_whitespace().collect();
-    let (field, descending) = match words.as_slice() {
-        [] => {
-            return Ok(OrderBy {
-                field: OrderField::CreateTime,
-                descending: false,
-            });
-        }
-        [field] => (*field, false),
-        [field, "desc"] => (*field, true),
-        [field, "asc"] => (*field, false),
-        _ => ("", false),
-    };
-    let field = match field {
-        "create_time" => OrderField::CreateTime,
-        "update_time" => OrderField::UpdateTime,
-        "email" => OrderField::Email,
-        _ => {
-            return Err(Error::invalid_field(
-                "order_by",
-                "must be one of create_time, update_time or email, optionally followed by \" desc\"",
-            ));
-        }
-    };
-    Ok(OrderBy { field, descending })
-}
-
 /// Most wrong current passwords a caller may send in a burst before password changes are refused for a while,
 /// and how fast that allowance comes back.
 const PASSWORD_ATTEMPTS: u32 = 5;
@@ -312,35 +283,49 @@ const CONFLICT_ANSWERS_PER_SECOND: f64 = CONFLICT_ANSWERS as f64 / 3600.0;
 
 /// An update ready for the store.
 struct PreparedUpdate {
-    id: Uuid,
-    decide: crate::store::Decide,
+    command: Command,
     /// Whether the write can fail on an e-mail address or username that is taken.
     may_conflict: bool,
 }
 
+/// Commands to write together, and where their errors point in the request.
+struct Write {
+    commands: Vec<Command>,
+    validate_only: bool,
+    /// The commands are the items of a batch: a refused one's field paths start with its `requests[i]`.
+    batch: bool,
+}
+
+/// The request path of item `index` of a batch.
+fn item_path(index: usize) -> String {
+    format!("requests[{index}]")
+}
+
 impl UserServiceImpl {
-    /// Checks a self-service password change: the current password must be sent and right. Returns the
-    /// revision the check saw, so the write can refuse a user that changed in between.
-    async fn check_current_password(
-        &self,
-        caller: &Caller,
-        id: Uuid,
-        current: &str,
-        prefix: &str,
-    ) -> Result<Option<i64>, Error> {
-        if !prefix.is_empty() {
-            return Err(Error::PermissionDenied {
-                reason: "PASSWORD_CHANGE_IN_BATCH",
-                message: format!("{prefix}: change your own password with UpdateUser and current_password"),
-                fields: vec![format!("{prefix}.user.password")],
-            });
-        }
-        if current.is_empty() {
-            return Err(Error::invalid_field(
-                "current_password",
-                "is required to change your own password",
-            ));
-        }
+    /// Writes commands, each refusal placed where its command sits in the request.
+    async fn write(&self, caller: &Caller, write: Write) -> Result<Vec<User>, Error> {
+        let Write {
+            commands,
+            validate_only,
+            batch,
+        } = write;
+        self.store
+            .write(caller.clone(), commands, validate_only)
+            .await
+            .map_err(|e: WriteError| {
+                e.into_error(|index, e| {
+                    if batch {
+                        e.with_field_prefix(&item_path(index))
+                    } else {
+                        e
+                    }
+                })
+            })
+    }
+
+    /// Checks a self-service password change's current password, which must be right. Returns the revision
+    /// the check saw, so the write can refuse a user that changed in between.
+    async fn check_current_password(&self, caller: &Caller, id: Uuid, current: &str) -> Result<i64, Error> {
         // The attempt is counted before the hash runs, so a burst of guesses gets no more checks than the same
         // guesses one after another; anything but a wrong password (a right one, a failure, a cancelled call)
         // gives it back when `attempt` is dropped.
@@ -358,10 +343,10 @@ impl UserServiceImpl {
         };
         let Some(hash) = hash else {
             // No password yet: there is nothing to confirm.
-            return Ok(Some(revision));
+            return Ok(revision);
         };
         if self.hash_pool.verify(current.to_owned(), hash).await? {
-            Ok(Some(revision))
+            Ok(revision)
         } else {
             attempt.spend();
             Err(Error::PermissionDenied {
@@ -372,8 +357,8 @@ impl UserServiceImpl {
         }
     }
 
-    /// An update request turned into a decision function for the store, after every check that needs no
-    /// stored data. `prefix` is the request's path in a batch (`requests[2]`) or empty.
+    /// An update request turned into a command, after the rules that need no stored data, the current-password
+    /// check and the hashing. `prefix` is the request's path in a batch (`requests[2]`) or empty.
     async fn prepare_update(
         &self,
         caller: &Caller,
@@ -406,82 +391,59 @@ impl UserServiceImpl {
             None => UpdateMask::populated(&fields, password_sent),
         };
         Error::check(violations)?;
-        let full = mask == UpdateMask::Full;
-        let may_conflict = req.allow_missing
-            || mask
-                .fields(password_sent)
-                .iter()
-                .any(|f| matches!(f, UserField::Email | UserField::Username));
-        if !full {
-            permission::check_writable(caller, &mask.fields(password_sent))
-                .map_err(|e| e.with_field_prefix_if(prefix))?;
-        }
-        let observed_revision = if mask.writes_password(password_sent) && !caller.is_admin() {
-            self.check_current_password(caller, id, &req.current_password, prefix)
-                .await?
+        let plan = command::plan_update(
+            caller,
+            &mask,
+            password_sent,
+            req.allow_missing,
+            !prefix.is_empty(),
+            !req.current_password.is_empty(),
+        )
+        .map_err(|e| e.with_field_prefix_if(prefix))?;
+        let observed_revision = if plan.confirm_password {
+            Some(self.check_current_password(caller, id, &req.current_password).await?)
         } else {
             None
         };
         let password = self.password_input(&user.password, &path("user.password")).await?;
-        let allow_missing = req.allow_missing;
-        let patch = Patch {
-            fields,
-            password,
-            mask,
-            etag: user.etag,
-        };
-        let caller = caller.clone();
-        let decide: crate::store::Decide = Box::new(move |stored: Option<&User>, now| match stored {
-            Some(stored) => {
-                if observed_revision.is_some_and(|seen| seen != stored.revision) {
-                    return Err(Error::EtagMismatch(format!(
-                        "user {id} changed while its password was checked; retry"
-                    )));
-                }
-                let outcome = change::update(stored, patch, now)?;
-                if full {
-                    permission::check_privileged_unchanged(&caller, &stored.fields, &outcome.user.fields)?;
-                }
-                Ok(outcome)
-            }
-            None if allow_missing => {
-                let outcome = change::create(id, patch.fields, patch.password, now)?;
-                permission::check_privileged_unchanged(&caller, &UserFields::default(), &outcome.user.fields)?;
-                Ok(outcome)
-            }
-            None => Err(Error::not_found(id)),
-        });
         Ok(PreparedUpdate {
-            id,
-            decide,
-            may_conflict,
+            command: Command::Update(Update {
+                id,
+                patch: Patch {
+                    fields,
+                    password,
+                    mask,
+                    etag: user.etag,
+                },
+                allow_missing: req.allow_missing,
+                observed_revision,
+            }),
+            may_conflict: plan.may_conflict,
         })
     }
-}
 
-/// A lifecycle RPC: one user, one pure transition.
-async fn transition<F>(store: &Store, ctx: &CallContext, rpc: Rpc, raw_id: &str, change: F) -> Result<pb::User, Error>
-where
-    F: FnOnce(&User, chrono::DateTime<Utc>) -> Result<Outcome, Error> + Send + 'static,
-{
-    let id = change::parse_id(raw_id, "id")?;
-    permission::authorize(&ctx.caller, rpc, Some(id))?;
-    let decide: crate::store::Decide = Box::new(move |stored, now| match stored {
-        Some(stored) => change(stored, now),
-        None => Err(Error::not_found(id)),
-    });
-    let users = store
-        .write(
-            ctx.caller.subject.clone(),
-            vec![Mutation {
-                id,
-                field_prefix: None,
-                decide,
-            }],
-            false,
-        )
-        .await?;
-    single(users)
+    /// A lifecycle RPC: one user, one command.
+    async fn transition(
+        &self,
+        ctx: &CallContext,
+        rpc: Rpc,
+        raw_id: &str,
+        command: impl FnOnce(Uuid) -> Command,
+    ) -> Result<pb::User, Error> {
+        let id = change::parse_id(raw_id, "id")?;
+        permission::authorize(&ctx.caller, rpc, Some(id))?;
+        let users = self
+            .write(
+                &ctx.caller,
+                Write {
+                    commands: vec![command(id)],
+                    validate_only: false,
+                    batch: false,
+                },
+            )
+            .await?;
+        single(users)
+    }
 }
 
 fn single(users: Vec<User>) -> Result<pb::User, Error> {
@@ -509,24 +471,14 @@ impl UserService for UserServiceImpl {
             Error::check(violations)?;
             self.charge_passwords(&ctx.caller, usize::from(!user.password.is_empty()))?;
             let password = self.password_input(&user.password, "user.password").await?;
-            let decide: crate::store::Decide = Box::new(move |stored, now| match stored {
-                Some(_) => Err(Error::AlreadyExists {
-                    conflict: Conflict::UserId,
-                    field: "user_id".into(),
-                    message: format!("a user with id {id} already exists"),
-                }),
-                None => change::create(id, fields, password, now),
-            });
             let users = self
-                .store
                 .write(
-                    ctx.caller.subject,
-                    vec![Mutation {
-                        id,
-                        field_prefix: None,
-                        decide,
-                    }],
-                    req.validate_only,
+                    &ctx.caller,
+                    Write {
+                        commands: vec![Command::Create(Create { id, fields, password })],
+                        validate_only: req.validate_only,
+                        batch: false,
+                    },
                 )
                 .await?;
             single(users)
@@ -549,37 +501,9 @@ impl UserService for UserServiceImpl {
     async fn lookup_user(&self, request: Request<pb::LookupUserRequest>) -> Result<Response<pb::User>, Status> {
         self.handle("LookupUser", request, |ctx, req| async move {
             permission::authorize(&ctx.caller, Rpc::LookupUser, None)?;
-            if req.email.is_empty() && req.username.is_empty() {
-                return Err(Error::invalid(vec![
-                    FieldViolation::new("email", "email or username is required"),
-                    FieldViolation::new("username", "email or username is required"),
-                ]));
-            }
-            let mut violations = Vec::new();
-            if req.email.chars().count() > 254 {
-                violations.push(FieldViolation::new("email", "must be at most 254 characters"));
-            }
-            if req.username.chars().count() > 64 {
-                violations.push(FieldViolation::new("username", "must be at most 64 characters"));
-            }
-            Error::check(violations)?;
-            let email = (!req.email.is_empty()).then(|| req.email.to_lowercase());
-            let username = (!req.username.is_empty()).then(|| req.username.to_lowercase());
-            let found = self.store.lookup(email.clone(), username.clone()).await?;
-            found
-                .iter()
-                .find(|u| {
-                    email.as_ref().is_none_or(|e| u.fields.email.to_lowercase() == *e)
-                        && username.as_ref().is_none_or(|n| u.fields.username == *n)
-                })
-                .map(user_to_proto)
-                .ok_or_else(|| {
-                    Error::NotFound(match (&email, &username) {
-                        (Some(_), Some(_)) => "no user has both that e-mail address and that username".into(),
-                        (Some(_), None) => "no user has that e-mail address".into(),
-                        _ => "no user has that username".into(),
-                    })
-                })
+            let lookup = Lookup::parse(&req.email, &req.username)?;
+            let found = self.store.lookup(lookup.email.clone(), lookup.username.clone()).await?;
+            lookup.pick(&found).map(|user| user_to_proto(&user))
         })
         .await
     }
@@ -595,7 +519,9 @@ impl UserService for UserServiceImpl {
             let filter = filter::parse(&req.filter)
                 .map_err(|e| violations.push(Error::invalid_field("filter", e.message)))
                 .ok();
-            let order = parse_order_by(&req.order_by).map_err(|e| violations.push(e)).ok();
+            let order = query::parse_order_by(&req.order_by)
+                .map_err(|e| violations.push(e))
+                .ok();
             let (Some(limit), Some(filter), Some(order)) = (limit, filter, order) else {
                 return Err(Error::combine_invalid(violations).unwrap_or_else(|| Error::internal("no violation")));
             };
@@ -640,12 +566,11 @@ impl UserService for UserServiceImpl {
             let users = self
                 .write_within_conflict_allowance(
                     &ctx.caller,
-                    vec![Mutation {
-                        id: update.id,
-                        field_prefix: None,
-                        decide: update.decide,
-                    }],
-                    validate_only,
+                    Write {
+                        commands: vec![update.command],
+                        validate_only,
+                        batch: false,
+                    },
                     update.may_conflict,
                 )
                 .await?;
@@ -656,9 +581,9 @@ impl UserService for UserServiceImpl {
 
     async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Result<Response<pb::User>, Status> {
         self.handle("DeleteUser", request, |ctx, req| async move {
-            let etag = req.etag;
-            transition(&self.store, &ctx, Rpc::DeleteUser, &req.id, move |u, now| {
-                change::delete(u, &etag, now)
+            self.transition(&ctx, Rpc::DeleteUser, &req.id, |id| Command::Delete {
+                id,
+                etag: req.etag,
             })
             .await
         })
@@ -667,9 +592,9 @@ impl UserService for UserServiceImpl {
 
     async fn undelete_user(&self, request: Request<pb::UndeleteUserRequest>) -> Result<Response<pb::User>, Status> {
         self.handle("UndeleteUser", request, |ctx, req| async move {
-            let etag = req.etag;
-            transition(&self.store, &ctx, Rpc::UndeleteUser, &req.id, move |u, _| {
-                change::undelete(u, &etag)
+            self.transition(&ctx, Rpc::UndeleteUser, &req.id, |id| Command::Undelete {
+                id,
+                etag: req.etag,
             })
             .await
         })
@@ -678,9 +603,10 @@ impl UserService for UserServiceImpl {
 
     async fn disable_user(&self, request: Request<pb::DisableUserRequest>) -> Result<Response<pb::User>, Status> {
         self.handle("DisableUser", request, |ctx, req| async move {
-            let (etag, reason) = (req.etag, req.reason);
-            transition(&self.store, &ctx, Rpc::DisableUser, &req.id, move |u, _| {
-                change::disable(u, &reason, &etag)
+            self.transition(&ctx, Rpc::DisableUser, &req.id, |id| Command::Disable {
+                id,
+                reason: req.reason,
+                etag: req.etag,
             })
             .await
         })
@@ -689,9 +615,9 @@ impl UserService for UserServiceImpl {
 
     async fn enable_user(&self, request: Request<pb::EnableUserRequest>) -> Result<Response<pb::User>, Status> {
         self.handle("EnableUser", request, |ctx, req| async move {
-            let etag = req.etag;
-            transition(&self.store, &ctx, Rpc::EnableUser, &req.id, move |u, _| {
-                change::enable(u, &etag)
+            self.transition(&ctx, Rpc::EnableUser, &req.id, |id| Command::Enable {
+                id,
+                etag: req.etag,
             })
             .await
         })
@@ -703,41 +629,26 @@ impl UserService for UserServiceImpl {
         request: Request<pb::BatchUpdateUsersRequest>,
     ) -> Result<Response<pb::BatchUpdateUsersResponse>, Status> {
         self.handle("BatchUpdateUsers", request, |ctx, req| async move {
-            if req.requests.len() > MAX_BATCH_SIZE {
-                return Err(Error::invalid_field(
-                    "requests",
-                    format!(
-                        "has {} updates; at most {MAX_BATCH_SIZE} are allowed",
-                        req.requests.len()
-                    ),
-                ));
-            }
+            command::check_batch_size(req.requests.len())?;
             let passwords = req
                 .requests
                 .iter()
                 .filter(|item| item.user.as_ref().is_some_and(|u| !u.password.is_empty()))
                 .count();
             self.charge_passwords(&ctx.caller, passwords)?;
-            let mut mutations = Vec::with_capacity(req.requests.len());
+            let mut commands = Vec::with_capacity(req.requests.len());
             let mut may_conflict = false;
             let mut invalid = Vec::new();
             for (i, item) in req.requests.into_iter().enumerate() {
-                let prefix = format!("requests[{i}]");
-                if item.validate_only {
-                    invalid.push(Error::invalid_field(
-                        format!("{prefix}.validate_only"),
-                        "cannot be set on a batch item: a batch is applied whole or not at all",
-                    ));
+                let prefix = item_path(i);
+                if let Err(e) = command::check_batch_item(item.validate_only) {
+                    invalid.push(e.with_field_prefix(&prefix));
                     continue;
                 }
                 match self.prepare_update(&ctx.caller, item, &prefix).await {
                     Ok(update) => {
                         may_conflict |= update.may_conflict;
-                        mutations.push(Mutation {
-                            id: update.id,
-                            field_prefix: Some(prefix),
-                            decide: update.decide,
-                        });
+                        commands.push(update.command);
                     }
                     Err(e @ Error::InvalidArgument { .. }) => invalid.push(e),
                     Err(e) => return Err(e),
@@ -747,7 +658,15 @@ impl UserService for UserServiceImpl {
                 return Err(e);
             }
             let users = self
-                .write_within_conflict_allowance(&ctx.caller, mutations, false, may_conflict)
+                .write_within_conflict_allowance(
+                    &ctx.caller,
+                    Write {
+                        commands,
+                        validate_only: false,
+                        batch: true,
+                    },
+                    may_conflict,
+                )
                 .await?;
             Ok(pb::BatchUpdateUsersResponse {
                 users: users.iter().map(user_to_proto).collect(),

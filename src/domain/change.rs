@@ -1,5 +1,6 @@
 //! The rules of every write: building a new user, merging a masked patch, and the lifecycle transitions.
-//! Each function takes the stored user and returns the user it should become, or why it may not.
+//! Each function takes the stored user and returns the user it should become, or why it may not; the
+//! revision bookkeeping of a real change is `command`'s.
 
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
@@ -40,9 +41,11 @@ pub struct Patch {
     pub etag: String,
 }
 
-/// A decided write: the user to store and what happens to the password.
+/// What a rule makes of a user: the user it should become and what happens to the password. A new user is
+/// complete; a change still has the stored revision, update time and password state, which only a change
+/// that changes something updates (`command::Command::decide`).
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct Draft {
     pub user: User,
     pub password: PasswordWrite,
 }
@@ -61,13 +64,13 @@ fn checked_fields(mut fields: UserFields, password: &PasswordInput, now: DateTim
 }
 
 /// The user a create (or an `allow_missing` update) makes.
-pub fn create(id: Uuid, fields: UserFields, password: PasswordInput, now: DateTime<Utc>) -> Result<Outcome, Error> {
+pub fn create(id: Uuid, fields: UserFields, password: PasswordInput, now: DateTime<Utc>) -> Result<Draft, Error> {
     let fields = checked_fields(fields, &password, now)?;
     let (has_password, password) = match password {
         PasswordInput::Hashed(hash) => (true, PasswordWrite::Set(hash)),
         PasswordInput::Absent | PasswordInput::Invalid(_) => (false, PasswordWrite::Keep),
     };
-    Ok(Outcome {
+    Ok(Draft {
         user: User {
             id,
             fields,
@@ -110,9 +113,8 @@ fn require_not_deleted(stored: &User, action: &str) -> Result<(), Error> {
     }
 }
 
-/// Merges a masked patch into the stored user. The result still has the stored revision and times; the store
-/// bumps them only if something really changed.
-pub fn update(stored: &User, patch: Patch, now: DateTime<Utc>) -> Result<Outcome, Error> {
+/// Merges a masked patch into the stored user.
+pub fn update(stored: &User, patch: Patch, now: DateTime<Utc>) -> Result<Draft, Error> {
     check_etag(stored, &patch.etag)?;
     require_not_deleted(stored, "update")?;
     let mut fields = stored.fields.clone();
@@ -140,26 +142,21 @@ pub fn update(stored: &User, patch: Patch, now: DateTime<Utc>) -> Result<Outcome
         // Listed in an explicit mask but not sent: cleared, like any other listed empty field.
         (PasswordInput::Absent | PasswordInput::Invalid(_), true) => PasswordWrite::Clear,
     };
-    user.has_password = match &password {
-        PasswordWrite::Keep => stored.has_password,
-        PasswordWrite::Set(_) => true,
-        PasswordWrite::Clear => false,
-    };
-    Ok(Outcome { user, password })
+    Ok(Draft { user, password })
 }
 
-fn transition(stored: &User, etag: &str, change: impl FnOnce(&mut User)) -> Result<Outcome, Error> {
+fn transition(stored: &User, etag: &str, change: impl FnOnce(&mut User)) -> Result<Draft, Error> {
     check_etag(stored, etag)?;
     let mut user = stored.clone();
     change(&mut user);
-    Ok(Outcome {
+    Ok(Draft {
         user,
         password: PasswordWrite::Keep,
     })
 }
 
 /// Soft delete (AIP-164).
-pub fn delete(stored: &User, etag: &str, now: DateTime<Utc>) -> Result<Outcome, Error> {
+pub fn delete(stored: &User, etag: &str, now: DateTime<Utc>) -> Result<Draft, Error> {
     check_etag(stored, etag)?;
     require_not_deleted(stored, "delete")?;
     transition(stored, "", |u| {
@@ -169,7 +166,7 @@ pub fn delete(stored: &User, etag: &str, now: DateTime<Utc>) -> Result<Outcome, 
 }
 
 /// Restores a soft-deleted user to the state it had (active or disabled).
-pub fn undelete(stored: &User, etag: &str) -> Result<Outcome, Error> {
+pub fn undelete(stored: &User, etag: &str) -> Result<Draft, Error> {
     check_etag(stored, etag)?;
     if stored.state() != State::Deleted {
         return Err(Error::FailedPrecondition {
@@ -185,7 +182,7 @@ pub fn undelete(stored: &User, etag: &str) -> Result<Outcome, Error> {
 }
 
 /// Disables a user; disabling a disabled user only updates the reason.
-pub fn disable(stored: &User, reason: &str, etag: &str) -> Result<Outcome, Error> {
+pub fn disable(stored: &User, reason: &str, etag: &str) -> Result<Draft, Error> {
     check_etag(stored, etag)?;
     require_not_deleted(stored, "disable")?;
     let mut violations = Vec::new();
@@ -209,7 +206,7 @@ pub fn disable(stored: &User, reason: &str, etag: &str) -> Result<Outcome, Error
 }
 
 /// Enables a user; enabling an active user changes nothing.
-pub fn enable(stored: &User, etag: &str) -> Result<Outcome, Error> {
+pub fn enable(stored: &User, etag: &str) -> Result<Draft, Error> {
     check_etag(stored, etag)?;
     require_not_deleted(stored, "enable")?;
     transition(stored, "", |u| {

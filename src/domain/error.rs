@@ -119,6 +119,20 @@ impl Error {
         Some(Error::invalid(violations))
     }
 
+    /// ALREADY_EXISTS for a unique value another user holds, naming its field in a write request.
+    pub fn taken(conflict: Conflict) -> Error {
+        let (field, message) = match conflict {
+            Conflict::Email => ("user.email", "the e-mail address is already used by another user"),
+            Conflict::Username => ("user.username", "the username is already used by another user"),
+            Conflict::UserId => ("user_id", "a user with this id already exists"),
+        };
+        Error::AlreadyExists {
+            conflict,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
     pub fn not_found(id: impl fmt::Display) -> Error {
         Error::NotFound(format!("user {id} not found"))
     }

@@ -2,12 +2,14 @@
 
 pub mod caller;
 pub mod change;
+pub mod command;
 pub mod error;
 pub mod field_mask;
 pub mod field_table;
 pub mod filter;
 pub mod password;
 pub mod permission;
+pub mod query;
 pub mod revision;
 pub mod user;
 pub mod validate;

@@ -35,9 +35,9 @@ pub const MAX_PASSWORD_CHARS: usize = 256;
 
 const MIN_PASSWORD_CHARS: usize = 8;
 const MIN_USERNAME_CHARS: usize = 3;
-const MAX_USERNAME_CHARS: usize = 64;
+pub const MAX_USERNAME_CHARS: usize = 64;
 /// RFC 5321 limits a forward path to 256 octets including the angle brackets.
-const MAX_EMAIL_CHARS: usize = 254;
+pub const MAX_EMAIL_CHARS: usize = 254;
 const MAX_EMAIL_LOCAL_PART_CHARS: usize = 64;
 const MAX_EMAIL_DOMAIN_CHARS: usize = 253;
 const MAX_DNS_LABEL_CHARS: usize = 63;

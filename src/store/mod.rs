@@ -17,11 +17,12 @@ use uuid::Uuid;
 
 use connection::{ConnectionManager, DbConnection};
 pub use connection::{DatabaseTarget, SqliteSync};
-pub use users::{Cursor, ListQuery, OrderBy, OrderField};
+pub use users::{Cursor, ListQuery};
+use writer::GroupWriter;
 pub use writer::WriteStats;
-use writer::{GroupWriter, Settle};
 
-use crate::domain::change::Outcome;
+use crate::domain::caller::Caller;
+use crate::domain::command::{Command, Refusal, WriteError};
 use crate::domain::error::{Conflict, Error};
 use crate::domain::revision::Revision;
 use crate::domain::user::{User, to_stored_precision};
@@ -45,17 +46,6 @@ pub struct StoreOptions {
     pub sqlite_commit_batch: usize,
 }
 
-/// Decides what one item of a write becomes, given the stored user (if any) and the transaction's time.
-pub type Decide = Box<dyn FnOnce(Option<&User>, DateTime<Utc>) -> Result<Outcome, Error> + Send>;
-
-/// One user to write in a transaction.
-pub struct Mutation {
-    pub id: Uuid,
-    /// Prefix for the field paths of this item's errors (`requests[3]` in a batch).
-    pub field_prefix: Option<String>,
-    pub decide: Decide,
-}
-
 /// The database, shared by every request.
 #[derive(Clone)]
 pub struct Store {
@@ -71,11 +61,12 @@ pub struct Store {
 }
 
 /// Why a transaction ended early.
-enum TxError<T = Vec<User>> {
+enum TxError<T> {
     Domain(Error),
     Db(DieselError),
-    /// A validate-only write ran to the end and is rolled back on purpose; its result is still the answer.
-    DryRun(T),
+    /// The transaction ran to the end and is rolled back on purpose: a validate-only write, or one whose
+    /// commands were refused. Its result is still the answer.
+    RolledBack(T),
 }
 
 impl<T> From<DieselError> for TxError<T> {
@@ -94,11 +85,14 @@ impl<T> From<Error> for TxError<T> {
 fn settle<T>(own: Result<T, TxError<T>>, committed: Result<(), Error>) -> Result<T, Error> {
     match own {
         Ok(value) => committed.map(|()| value),
-        Err(TxError::DryRun(value)) => Ok(value),
+        Err(TxError::RolledBack(value)) => Ok(value),
         Err(TxError::Domain(e)) => Err(e),
         Err(TxError::Db(e)) => Err(db_error(e)),
     }
 }
+
+/// What the transaction of a write answers: the users written, or the commands refused (and rolled back).
+type Written = Result<Vec<User>, Vec<Refusal>>;
 
 impl Store {
     /// Connects, creating the SQLite file and its folder when needed, and runs pending migrations.
@@ -250,12 +244,7 @@ impl Store {
         let Some(writer) = &self.writer else {
             return self.run(move |conn| settle(conn.transaction(f), Ok(()))).await;
         };
-        let result = writer
-            .submit(move |conn| -> Settle<T> {
-                let own = conn.map_err(TxError::Domain).and_then(|conn| conn.transaction(f));
-                Box::new(move |committed| settle(own, committed))
-            })
-            .await;
+        let result = writer.submit(f).await;
         self.track(&result);
         result
     }
@@ -333,61 +322,71 @@ impl Store {
         self.transact(move |conn| Ok(users::purge_expired(conn, now)?)).await
     }
 
-    /// Applies `mutations` in one transaction: all or nothing (on SQLite a savepoint of the writer's batch,
-    /// acknowledged only once the batch commits). Each item's `decide` sees the user as the
-    /// earlier items left it. Validation errors of all items are collected and reported together; any other
-    /// error stops at once. With `dry_run` everything runs, unique constraints included, and is rolled back.
-    pub async fn write(&self, actor: String, mutations: Vec<Mutation>, dry_run: bool) -> Result<Vec<User>, Error> {
-        self.transact(move |conn| {
-            let users = write_all(conn, &actor, mutations)?;
-            if dry_run {
-                Err(TxError::DryRun(users))
-            } else {
-                Ok(users)
-            }
-        })
-        .await
+    /// Applies `commands` in one transaction: all or nothing (on SQLite a savepoint of the writer's batch,
+    /// acknowledged only once the batch commits). Each command decides on the user as the earlier ones left
+    /// it, on behalf of `caller`, who is recorded as the actor of every revision. Commands refused as
+    /// INVALID_ARGUMENT are all reported together; any other refusal stops the write at once. With `dry_run`
+    /// everything runs, unique constraints included, and is rolled back.
+    pub async fn write(&self, caller: Caller, commands: Vec<Command>, dry_run: bool) -> Result<Vec<User>, WriteError> {
+        let written = self
+            .transact(move |conn| match write_all(conn, &caller, commands)? {
+                Ok(users) if !dry_run => Ok(Ok(users)),
+                written => Err(TxError::RolledBack(written)),
+            })
+            .await;
+        match written {
+            Ok(Ok(users)) => Ok(users),
+            Ok(Err(refusals)) => Err(WriteError::Refused(refusals)),
+            Err(e) => Err(WriteError::Failed(e)),
+        }
     }
 }
 
-fn write_all(conn: &mut DbConnection, actor: &str, mutations: Vec<Mutation>) -> Result<Vec<User>, TxError> {
+/// Decides and saves every command; refusals come back as the `Written` answer, failures as errors.
+fn write_all(conn: &mut DbConnection, caller: &Caller, commands: Vec<Command>) -> Result<Written, TxError<Written>> {
     let now = to_stored_precision(Utc::now());
-    let mut ids: Vec<Uuid> = mutations.iter().map(|m| m.id).collect();
+    let mut ids: Vec<Uuid> = commands.iter().map(Command::id).collect();
     ids.sort_unstable();
     ids.dedup();
     let mut locked = users::lock_all(conn, &ids)?;
     // The first write of a user uses the row read with its lock; a later one in the same batch reads what the
     // earlier one left.
     let mut first_write = std::collections::HashSet::with_capacity(ids.len());
-    let mut written = Vec::with_capacity(mutations.len());
-    let mut invalid: Vec<Error> = Vec::new();
-    for Mutation {
-        id,
-        field_prefix,
-        decide,
-    } in mutations
-    {
-        let prefix = |e: Error| match &field_prefix {
-            Some(p) => e.with_field_prefix(p),
-            None => e,
-        };
+    let mut written = Vec::with_capacity(commands.len());
+    let mut invalid: Vec<Refusal> = Vec::new();
+    for (index, command) in commands.into_iter().enumerate() {
+        let id = command.id();
         let stored = if first_write.insert(id) {
             locked.remove(&id)
         } else {
             users::find(conn, id)?
         };
-        match decide(stored.as_ref().map(|(u, _)| u), now) {
-            Ok(outcome) => match users::save(conn, actor, stored, outcome, now) {
+        let (stored, stored_hash) = stored.unzip();
+        match command.decide(stored.as_ref(), caller, now) {
+            Ok(outcome) => match users::save(
+                conn,
+                &caller.subject,
+                stored.as_ref(),
+                stored_hash.flatten(),
+                outcome,
+                now,
+            ) {
                 Ok(user) => written.push(user),
-                Err(e) => return Err(TxError::Domain(prefix(db_error(e)))),
+                Err(e) => return stopped(index, db_error(e)),
             },
-            Err(e @ Error::InvalidArgument { .. }) => invalid.push(prefix(e)),
-            Err(e) => return Err(TxError::Domain(prefix(e))),
+            Err(error @ Error::InvalidArgument { .. }) => invalid.push(Refusal { index, error }),
+            Err(error) => return stopped(index, error),
         }
     }
-    match Error::combine_invalid(invalid) {
-        Some(e) => Err(TxError::Domain(e)),
-        None => Ok(written),
+    Ok(if invalid.is_empty() { Ok(written) } else { Err(invalid) })
+}
+
+/// A write stopped at command `index`: that command is refused, unless the database itself failed, which is no
+/// fault of the command (and tells the store the database may be gone).
+fn stopped(index: usize, error: Error) -> Result<Written, TxError<Written>> {
+    match error {
+        Error::Unavailable(_) | Error::Internal(_) => Err(TxError::Domain(error)),
+        error => Ok(Err(vec![Refusal { index, error }])),
     }
 }
 
@@ -423,23 +422,11 @@ fn db_error(e: DieselError) -> Error {
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
             let what = format!("{} {}", info.constraint_name().unwrap_or(""), info.message());
             if what.contains("email_key") {
-                Error::AlreadyExists {
-                    conflict: Conflict::Email,
-                    field: "user.email".into(),
-                    message: "the e-mail address is already used by another user".into(),
-                }
+                Error::taken(Conflict::Email)
             } else if what.contains("username") {
-                Error::AlreadyExists {
-                    conflict: Conflict::Username,
-                    field: "user.username".into(),
-                    message: "the username is already used by another user".into(),
-                }
+                Error::taken(Conflict::Username)
             } else if what.contains("users.id") || what.contains("users_pkey") {
-                Error::AlreadyExists {
-                    conflict: Conflict::UserId,
-                    field: "user_id".into(),
-                    message: "a user with this id already exists".into(),
-                }
+                Error::taken(Conflict::UserId)
             } else {
                 Error::internal(e)
             }

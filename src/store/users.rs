@@ -11,9 +11,11 @@ use uuid::Uuid;
 
 use super::connection::{DbConnection, MultiBackend};
 use super::schema::{user_labels, user_revisions, user_roles, users};
-use crate::domain::change::{Outcome, PasswordWrite};
+use crate::domain::change::PasswordWrite;
+use crate::domain::command::Outcome;
 use crate::domain::field_table::user_field_table;
 use crate::domain::filter::{Condition, Filter, TextField, TextPattern};
+use crate::domain::query::{OrderBy, OrderField};
 use crate::domain::revision::{self, Revision};
 use crate::domain::user::{Membership, State, User, UserFields};
 
@@ -327,54 +329,49 @@ pub fn lookup(conn: &mut DbConnection, email: Option<String>, username: Option<S
         .collect()
 }
 
-/// Inserts or updates the user an outcome decided on, with its index rows and revision. A change that changes
-/// nothing writes nothing and returns the stored user.
+/// Stores what a command decided: the new or changed user as the outcome has it (revision, times and password
+/// state included), its index rows and its revision record. `stored` and `stored_hash` are the row the
+/// command decided on; an unchanged user writes nothing.
 pub fn save(
     conn: &mut DbConnection,
     actor: &str,
-    stored: Option<(User, Option<String>)>,
+    stored: Option<&User>,
+    stored_hash: Option<String>,
     outcome: Outcome,
     now: DateTime<Utc>,
 ) -> QueryResult<User> {
-    let Outcome { mut user, password } = outcome;
-    match stored {
-        None => {
-            let hash = match password {
-                PasswordWrite::Set(hash) => Some(hash),
-                PasswordWrite::Keep | PasswordWrite::Clear => None,
-            };
-            user.has_password = hash.is_some();
-            user.revision = 1;
-            user.create_time = now;
-            user.update_time = now;
-            let diff = revision::diff(None, &user, user.has_password);
+    match outcome {
+        Outcome::Unchanged(user) => Ok(user),
+        Outcome::Created {
+            user,
+            password_hash,
+            diff,
+        } => {
             diesel::insert_into(users::table)
-                .values(UserRow::from_user(&user, hash)?)
+                .values(UserRow::from_user(&user, password_hash)?)
                 .execute(conn)?;
             write_labels(conn, user.id, &BTreeMap::new(), &user.fields.labels)?;
             write_roles(conn, user.id, &[], &user.fields.roles)?;
             insert_revision(conn, &user, actor, diff, now)?;
             Ok(user)
         }
-        Some((old, old_hash)) => {
-            let password_changed = password != PasswordWrite::Keep;
-            let diff = revision::diff(Some(&old), &user, password_changed);
-            if diff.is_empty() {
-                return Ok(old);
-            }
+        Outcome::Changed { user, password, diff } => {
             let hash = match password {
-                PasswordWrite::Keep => old_hash,
+                PasswordWrite::Keep => stored_hash,
                 PasswordWrite::Set(hash) => Some(hash),
                 PasswordWrite::Clear => None,
             };
-            user.has_password = hash.is_some();
-            user.revision = old.revision + 1;
-            user.update_time = now;
             diesel::update(users::table.find(user.id.to_string()))
                 .set(UserRow::from_user(&user, hash)?)
                 .execute(conn)?;
-            write_labels(conn, user.id, &old.fields.labels, &user.fields.labels)?;
-            write_roles(conn, user.id, &old.fields.roles, &user.fields.roles)?;
+            let before = stored.map(|u| &u.fields);
+            write_labels(
+                conn,
+                user.id,
+                before.map_or(&BTreeMap::new(), |f| &f.labels),
+                &user.fields.labels,
+            )?;
+            write_roles(conn, user.id, before.map_or(&[], |f| &f.roles), &user.fields.roles)?;
             insert_revision(conn, &user, actor, diff, now)?;
             Ok(user)
         }
@@ -491,20 +488,6 @@ pub fn purge_expired(conn: &mut DbConnection, now: DateTime<Utc>) -> QueryResult
     diesel::delete(user_roles::table.filter(user_roles::user_id.eq_any(expired))).execute(conn)?;
     diesel::delete(user_revisions::table.filter(user_revisions::user_id.eq_any(expired))).execute(conn)?;
     diesel::delete(users::table.filter(users::purge_time.le(naive(now)))).execute(conn)
-}
-
-/// The sort of a list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum OrderField {
-    CreateTime,
-    UpdateTime,
-    Email,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OrderBy {
-    pub field: OrderField,
-    pub descending: bool,
 }
 
 /// Where the previous page ended: the sort key and id of its last user (keyset pagination, so deep pages cost

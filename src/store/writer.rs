@@ -12,7 +12,7 @@ use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{ConnectionManager, DbConnection, with_connection};
-use super::{UNREACHABLE_WAIT, db_error};
+use super::{TxError, UNREACHABLE_WAIT, db_error, settle};
 use crate::domain::error::Error;
 
 /// How many writes may wait for the writer; callers beyond this wait to enqueue (back-pressure), so the queue
@@ -25,10 +25,6 @@ pub type Finish = Box<dyn FnOnce(Result<(), Error>) + Send>;
 /// One queued write: runs inside the batch's transaction (or is told why no connection could be had) and
 /// returns how to answer once the batch ends.
 pub type Work = Box<dyn FnOnce(Result<&mut DbConnection, Error>) -> Finish + Send>;
-
-/// A write's own result, decided in the batch, turned into the caller's answer once the batch's commit result
-/// is known.
-pub type Settle<T> = Box<dyn FnOnce(Result<(), Error>) -> Result<T, Error> + Send>;
 
 /// How many batches the writer committed and how many writes they held.
 #[derive(Debug, Default)]
@@ -81,17 +77,19 @@ impl GroupWriter {
         Ok(GroupWriter { queue, hold, stats })
     }
 
-    /// Queues `work` and waits for its batch to end.
-    pub async fn submit<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(Result<&mut DbConnection, Error>) -> Settle<T> + Send + 'static,
-    ) -> Result<T, Error> {
+    /// Queues the transaction `f` and waits for its batch to end. `f` runs in a savepoint of its own, so a
+    /// write that fails rolls back alone; what it returned is the answer once the batch has committed.
+    pub async fn submit<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, TxError<T>> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job: Work = Box::new(move |conn| {
-            let finish = work(conn);
+            let own = conn.map_err(TxError::Domain).and_then(|conn| conn.transaction(f));
             Box::new(move |committed| {
                 // The caller may have gone (time-out, cancelled request); its write stands either way.
-                let _ = reply.send(finish(committed));
+                let _ = reply.send(settle(own, committed));
             })
         });
         self.queue
