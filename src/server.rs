@@ -36,6 +36,7 @@ use crate::limits::RateLimiter;
 use crate::metrics::{Metrics, Protocol};
 use crate::pb;
 use crate::pb::user_service_server::UserServiceServer;
+use crate::rest_dispatch::MessageLimits;
 use crate::store::{Store, WriteStats};
 use crate::transcode::Transcoder;
 
@@ -69,12 +70,13 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
     // The gate spends the per-caller limiter per request; the service spends it per password to hash.
     let limiter = Arc::new(RateLimiter::new(config.rate_limit, config.rate_burst));
     let hash_pool = Arc::new(HashPool::new(usize::from(config.password_hash_concurrency)));
-    let user_service = UserServiceServer::new(
+    let service = Arc::new(
         UserServiceImpl::new(store.clone(), metrics.clone(), limiter.clone(), hash_pool)
             .with_max_message_bytes(config.max_message_bytes),
-    )
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
+    );
+    let user_service = UserServiceServer::from_arc(service.clone())
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -130,10 +132,14 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         .add_service(health_service)
         .add_service(reflection)
         .into_axum_router();
-    // REST calls reach the plain gRPC router in-process; only callers from outside go through gRPC-Web.
+    // REST calls the service's methods directly, held to the message limits gRPC calls are held to.
+    let limits = MessageLimits {
+        max_decoding: config.max_message_bytes,
+        max_encoding: config.max_message_bytes,
+    };
     let transcoder = Transcoder::new(
         pb::FILE_DESCRIPTOR_SET,
-        grpc.clone(),
+        pb::user_service_handlers(service, limits),
         config.max_message_bytes,
         crate::api::codec::decode_limits().clone(),
     )?;
@@ -156,7 +162,7 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         request_timeout: config.request_timeout,
     });
     // The gate sits inside the gRPC-Web translation (so its refusals reach browsers as gRPC-Web) and in front
-    // of REST: one check for every protocol. REST then calls the gRPC router directly, with the caller.
+    // of REST: one check for every protocol. REST then calls the service's methods, with the caller.
     let grpc_with_web: BoxCloneSyncService<Request, Response, std::convert::Infallible> = BoxCloneSyncService::new(
         ServiceBuilder::new()
             .map_response(|r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new))
@@ -239,18 +245,7 @@ struct Dispatch {
 
 impl Dispatch {
     async fn call(self, mut request: Request) -> Response {
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let protocol = if content_type.starts_with("application/grpc-web") {
-            Protocol::GrpcWeb
-        } else if content_type.starts_with("application/grpc") {
-            Protocol::Grpc
-        } else {
-            Protocol::Rest
-        };
+        let protocol = Protocol::of(request.headers());
         request.extensions_mut().insert(protocol);
         let service = if protocol == Protocol::Rest {
             self.rest
