@@ -39,6 +39,9 @@ use crate::pb::user_service_server::UserServiceServer;
 use crate::rest_dispatch::MessageLimits;
 use crate::store::{Store, WriteStats};
 use crate::transcode::Transcoder;
+use crate::transcode::openapi::ServedBeside;
+use crate::transcode::rule::HttpBinding;
+use serde_json::json;
 
 /// How often the database is pinged to keep the health status true.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -143,11 +146,7 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         config.max_message_bytes,
         crate::api::codec::decode_limits().clone(),
     )?;
-    let openapi = Bytes::from(serde_json::to_vec(&crate::transcode::openapi::document(
-        transcoder.bindings(),
-        "user-service",
-        env!("CARGO_PKG_VERSION"),
-    ))?);
+    let openapi = Bytes::from(serde_json::to_vec(&openapi_document(transcoder.bindings()))?);
     let (verifier, _, generated) = Verifier::from_config(&config.auth)?;
     if generated {
         tracing::info!(
@@ -295,6 +294,56 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
             ]))
             .max_age(Duration::from_secs(600)),
     ))
+}
+
+/// The OpenAPI document of the REST API and of the probes served beside it.
+fn openapi_document(bindings: &[HttpBinding]) -> serde_json::Value {
+    crate::transcode::openapi::document(bindings, "user-service", env!("CARGO_PKG_VERSION"), &[probes()])
+}
+
+/// The probes this router answers (`/metrics` is left out of the document), which need no token.
+fn probes() -> ServedBeside {
+    const TAG: &str = "Operations";
+    let text = |example: &str| json!({"text/plain": {"schema": {"type": "string", "example": example}}});
+    ServedBeside {
+        tag: TAG,
+        description: "Liveness, readiness and this document; no authentication needed.",
+        get: vec![
+            (
+                "/healthz",
+                json!({
+                    "operationId": "healthz",
+                    "tags": [TAG],
+                    "summary": "Liveness probe.",
+                    "responses": {"200": {"description": "The process is serving.", "content": text("ok")}},
+                }),
+            ),
+            (
+                "/readyz",
+                json!({
+                    "operationId": "readyz",
+                    "tags": [TAG],
+                    "summary": "Readiness probe: whether the database is reachable.",
+                    "responses": {
+                        "200": {"description": "Ready to serve.", "content": text("ready")},
+                        "503": {"description": "The database is unreachable.", "content": text("database unreachable")},
+                    },
+                }),
+            ),
+            (
+                "/openapi.json",
+                json!({
+                    "operationId": "openapiDocument",
+                    "tags": [TAG],
+                    "summary": "This OpenAPI document.",
+                    "responses": {"200": {
+                        "description": "The OpenAPI 3.0 document of the REST API.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }},
+                }),
+            ),
+        ],
+    }
 }
 
 async fn readyz(State(ready): State<Arc<AtomicBool>>) -> (StatusCode, &'static str) {
@@ -514,5 +563,27 @@ async fn serve_connection(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_need_no_token() {
+        let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let bindings = crate::transcode::rule::bindings(&pool).expect("the http rules are valid");
+        let doc = openapi_document(&bindings);
+        for path in ["/healthz", "/readyz", "/openapi.json"] {
+            let probe = &doc["paths"][path]["get"];
+            assert!(probe.is_object(), "{path} is described");
+            assert!(probe.get("security").is_none());
+            assert_eq!(probe["tags"], json!(["Operations"]));
+        }
+        assert!(doc["paths"]["/readyz"]["get"]["responses"]["503"].is_object());
+        assert_eq!(doc["components"]["securitySchemes"]["bearerAuth"]["scheme"], "bearer");
+        let tags = doc["tags"].as_array().expect("tags");
+        assert_eq!(tags.last().map(|t| &t["name"]), Some(&json!("Operations")));
     }
 }
