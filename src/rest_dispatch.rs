@@ -66,3 +66,151 @@ fn encode_response<Resp: Message>(message: &Resp, limit: usize) -> Result<Bytes,
     }
     Ok(Bytes::from(message.encode_to_vec()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use http::{Request as HttpRequest, StatusCode};
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::api::UserServiceImpl;
+    use crate::domain::caller::Caller;
+    use crate::hash_pool::HashPool;
+    use crate::limits::RateLimiter;
+    use crate::metrics::Metrics;
+    use crate::store::{SqliteSync, Store, StoreOptions};
+    use crate::transcode::Transcoder;
+
+    /// A transcoder over the real service and a real SQLite store, with no gRPC router anywhere.
+    fn transcoder(dir: &tempfile::TempDir, limits: MessageLimits) -> Transcoder {
+        let store = Store::open(&StoreOptions {
+            url: format!("sqlite://{}", dir.path().join("users.db").display()),
+            pool_size: 2,
+            sqlite_sync: SqliteSync::Normal,
+            acquire_timeout: Duration::from_secs(5),
+            sqlite_commit_batch: 1,
+        })
+        .expect("the store opens");
+        let service = Arc::new(UserServiceImpl::new(
+            store,
+            Arc::new(Metrics::default()),
+            Arc::new(RateLimiter::new(1000.0, 1000)),
+            Arc::new(HashPool::new(1)),
+        ));
+        Transcoder::new(
+            crate::pb::FILE_DESCRIPTOR_SET,
+            crate::pb::user_service_handlers(service, limits),
+            1 << 20,
+            crate::api::codec::decode_limits().clone(),
+        )
+        .expect("every http rule has its handler")
+    }
+
+    async fn send(transcoder: &Transcoder, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = HttpRequest::builder().method(method).uri(uri);
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let mut request = request
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .expect("request");
+        // What the gate puts in the extensions, which must reach the service.
+        request.extensions_mut().insert(Caller {
+            subject: "rest-admin".to_owned(),
+            scopes: vec![crate::domain::permission::SCOPE_ADMIN.to_owned()],
+        });
+        let response = transcoder.handle(request).await;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&bytes).expect("a JSON body"))
+    }
+
+    const LIMITS: MessageLimits = MessageLimits {
+        max_decoding: 4 << 20,
+        max_encoding: 4 << 20,
+    };
+
+    #[tokio::test]
+    async fn rest_calls_reach_the_service_without_a_grpc_router() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let transcoder = transcoder(&dir, LIMITS);
+        let (status, created) = send(
+            &transcoder,
+            "POST",
+            "/v1/users",
+            Some(serde_json::json!({"email": "ann@example.com", "labels": {"team-a": "x"}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        let id = created["id"].as_str().expect("an id");
+
+        let (status, read) = send(&transcoder, "GET", &format!("/v1/users/{id}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(read["email"], "ann@example.com");
+        assert_eq!(read["labels"]["team-a"], "x");
+
+        // The caller in the request's extensions is the one the service records.
+        let (status, revisions) = send(&transcoder, "GET", &format!("/v1/users/{id}/revisions"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(revisions["revisions"][0]["actor"], "rest-admin", "{revisions}");
+
+        // The service's status reaches the REST body with its details.
+        let (status, missing) = send(
+            &transcoder,
+            "GET",
+            "/v1/users/0190f6a0-0000-7000-8000-000000000000",
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(missing["error"]["status"], "NOT_FOUND");
+        assert_eq!(missing["error"]["details"][0]["reason"], "USER_NOT_FOUND", "{missing}");
+    }
+
+    #[tokio::test]
+    async fn rest_calls_are_held_to_the_message_limits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let small = MessageLimits {
+            max_decoding: 16,
+            max_encoding: 4 << 20,
+        };
+        let (status, refused) = send(
+            &transcoder(&dir, small),
+            "POST",
+            "/v1/users",
+            Some(serde_json::json!({"email": "a-long-address@example.com"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(refused["error"]["status"], "OUT_OF_RANGE");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("decoded message length too large")),
+            "{refused}"
+        );
+
+        let tiny_answers = MessageLimits {
+            max_decoding: 4 << 20,
+            max_encoding: 8,
+        };
+        let (status, refused) = send(
+            &transcoder(&dir, tiny_answers),
+            "POST",
+            "/v1/users",
+            Some(serde_json::json!({"email": "b@example.com"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("encoded message length too large")),
+            "{refused}"
+        );
+    }
+}
