@@ -174,43 +174,21 @@ mod tests {
     #[tokio::test]
     async fn rest_calls_are_held_to_the_message_limits() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let small = MessageLimits {
-            max_decoding: 16,
-            max_encoding: 4 << 20,
-        };
-        let (status, refused) = send(
-            &transcoder(&dir, small),
-            "POST",
-            "/v1/users",
-            Some(serde_json::json!({"email": "a-long-address@example.com"})),
-        )
-        .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(refused["error"]["status"], "OUT_OF_RANGE");
-        assert!(
-            refused["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("decoded message length too large")),
-            "{refused}"
-        );
-
-        let tiny_answers = MessageLimits {
-            max_decoding: 4 << 20,
-            max_encoding: 8,
-        };
-        let (status, refused) = send(
-            &transcoder(&dir, tiny_answers),
-            "POST",
-            "/v1/users",
-            Some(serde_json::json!({"email": "b@example.com"})),
-        )
-        .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(
-            refused["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("encoded message length too large")),
-            "{refused}"
-        );
+        let cases = [
+            (16, 4 << 20, "decoded message length too large"),
+            (4 << 20, 8, "encoded message length too large"),
+        ];
+        for (max_decoding, max_encoding, words) in cases {
+            let limits = MessageLimits {
+                max_decoding,
+                max_encoding,
+            };
+            let body = serde_json::json!({"email": format!("{max_decoding}-{max_encoding}@example.com")});
+            let (status, refused) = send(&transcoder(&dir, limits), "POST", "/v1/users", Some(body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert_eq!(refused["error"]["status"], "OUT_OF_RANGE");
+            let message = refused["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(words), "{refused}");
+        }
     }
 }
