@@ -1,6 +1,8 @@
-//! Compiles the protos with protox (no system `protoc`), embeds the encoded descriptor set and generates the
-//! tonic server and client code from that same set.
+//! Compiles the protos with protox (no system `protoc`), embeds the encoded descriptor set and generates, from
+//! that same set, the tonic server and client code and, per service, the table of handlers through which REST
+//! calls reach the service trait (`<service>_handlers`, see src/rest_dispatch.rs).
 
+use std::fmt::Write;
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,13 +22,95 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
 
-    // Type names let the codec find each message's descriptor, to check its repeated fields before decoding.
-    let mut config = tonic_prost_build::Config::new();
-    config.enable_type_names();
-    tonic_prost_build::configure()
+    let tonic = tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .codec_path("crate::api::codec::LimitedCodec")
-        .compile_fds_with_config(compiler.file_descriptor_set(), config)?;
+        .service_generator();
+    // Type names let the codec find each message's descriptor, to check its repeated fields before decoding.
+    let mut config = tonic_prost_build::Config::new();
+    config
+        .enable_type_names()
+        .out_dir(&out_dir)
+        .service_generator(Box::new(WithRestHandlers(tonic)));
+    config.compile_fds(compiler.file_descriptor_set())?;
     Ok(())
+}
+
+/// Generates what tonic does, then the service's REST handler table beside it, in the package's module.
+struct WithRestHandlers(Box<dyn prost_build::ServiceGenerator>);
+
+impl prost_build::ServiceGenerator for WithRestHandlers {
+    fn generate(&mut self, service: prost_build::Service, buf: &mut String) {
+        let handlers = rest_handlers(&service);
+        self.0.generate(service, buf);
+        buf.push_str(&handlers);
+    }
+
+    fn finalize(&mut self, buf: &mut String) {
+        self.0.finalize(buf);
+    }
+
+    fn finalize_package(&mut self, package: &str, buf: &mut String) {
+        self.0.finalize_package(package, buf);
+    }
+}
+
+/// `<service>_handlers(service, limits)`: one handler per unary method, keyed by its full name. Streaming
+/// methods have none; a REST rule on one fails at start.
+fn rest_handlers(service: &prost_build::Service) -> String {
+    let module = format!("{}_server", snake(&service.name));
+    let full_service = if service.package.is_empty() {
+        service.proto_name.clone()
+    } else {
+        format!("{}.{}", service.package, service.proto_name)
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n/// The unary methods of `{full_service}` as handlers of encoded requests, by full method name: the REST \
+         transcoder calls the service through these."
+    );
+    let _ = writeln!(
+        out,
+        "pub fn {}_handlers<T: {module}::{}>(service: ::std::sync::Arc<T>, limits: crate::rest_dispatch::MessageLimits) \
+         -> ::std::vec::Vec<(&'static str, crate::transcode::Handler)> {{",
+        snake(&service.name),
+        service.name
+    );
+    let _ = writeln!(out, "    ::std::vec![");
+    for method in &service.methods {
+        if method.client_streaming || method.server_streaming {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "        (\"{full_service}.{proto}\", crate::rest_dispatch::unary::<{input}, {output}, T, _, _>(\
+             service.clone(), limits, |service, request| async move {{ \
+             <T as {module}::{trait_name}>::{name}(&service, request).await }})),",
+            proto = method.proto_name,
+            input = method.input_type,
+            output = method.output_type,
+            trait_name = service.name,
+            name = method.name,
+        );
+    }
+    let _ = writeln!(out, "    ]\n}}");
+    out
+}
+
+/// `UserService` → `user_service`, as tonic names the server module.
+fn snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -18,7 +18,7 @@ use crate::connection::Budget;
 use crate::domain::caller::shown;
 use crate::limits::{Admission, RateLimiter};
 use crate::metrics::{Metrics, Protocol};
-use crate::transcode::errors::status_response;
+use crate::rpc_status::{bearer_challenge, retry_after_seconds, set_retry_after, status_response};
 
 /// gRPC services any client may call without a token.
 const OPEN_SERVICES: [&str; 3] = [
@@ -39,18 +39,13 @@ pub struct Gate {
     pub request_timeout: Duration,
 }
 
-fn is_grpc(request: &Request) -> bool {
-    request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
-}
-
-/// A refusal in the caller's protocol: a trailers-only gRPC status, or a REST error body.
+/// A refusal in the caller's protocol: a trailers-only gRPC status, or a REST error body; either way with
+/// `Retry-After` when the status has a retry delay.
 fn refuse(grpc: bool, status: &Status) -> Response {
     if grpc {
-        status.clone().into_http::<axum::body::Body>()
+        let mut response = status.clone().into_http::<axum::body::Body>();
+        set_retry_after(response.headers_mut(), status);
+        response
     } else {
         status_response(status)
     }
@@ -75,12 +70,14 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
     if OPEN_SERVICES.iter().any(|open| path.starts_with(open)) {
         return next.run(request).await;
     }
-    let grpc = is_grpc(&request);
+    // gRPC-Web reaches the gate translated to gRPC, so its refusals are gRPC ones too (translated back on the way
+    // out); the router names the protocol, and the content type does for a gate used without it.
     let protocol = request
         .extensions()
         .get::<Protocol>()
         .copied()
-        .unwrap_or(Protocol::Rest);
+        .unwrap_or_else(|| Protocol::of(request.headers()));
+    let grpc = protocol != Protocol::Rest;
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -97,7 +94,7 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
     let remaining = match gate.limiter.take(&key) {
         Admission::Allowed { remaining } => remaining,
         Admission::Limited { retry_after } => {
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let seconds = retry_after_seconds(retry_after);
             let refused = status(
                 Code::ResourceExhausted,
                 format!("rate limit of {limit} requests exceeded; retry in {seconds} s"),
@@ -112,9 +109,6 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
             gate.metrics.record_refusal(protocol, "RATE_LIMITED");
             let mut response = refuse(grpc, &refused);
             set_rate_headers(&mut response, limit, 0);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             return response;
         }
     };
@@ -125,10 +119,9 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
             let refused = status(Code::Unauthenticated, e.0, "UNAUTHENTICATED", |_| {});
             let mut response = refuse(grpc, &refused);
             if !grpc {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, bearer_challenge(true));
             }
             return response;
         }

@@ -11,13 +11,16 @@ pub mod gate;
 pub mod hash_pool;
 pub mod limits;
 pub mod metrics;
+pub mod rest_dispatch;
+pub mod rpc_status;
 pub mod server;
 pub mod store;
 pub mod transcode;
 
 pub use server::{App, app, serve};
 
-/// The generated protobuf types and tonic stubs of `users.v1`, and the descriptor set they came from.
+/// The generated protobuf types, tonic stubs and REST handler tables of `users.v1`, and the descriptor set they
+/// came from.
 pub mod pb {
     #![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
     tonic::include_proto!("users.v1");

@@ -19,6 +19,21 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The protocol of a request by its content type: gRPC-Web and gRPC name theirs; anything else is REST.
+    pub fn of(headers: &http::HeaderMap) -> Protocol {
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if content_type.starts_with("application/grpc-web") {
+            Protocol::GrpcWeb
+        } else if content_type.starts_with("application/grpc") {
+            Protocol::Grpc
+        } else {
+            Protocol::Rest
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Protocol::Grpc => "grpc",
@@ -138,6 +153,23 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_content_type_names_the_protocol() {
+        let of = |content_type: Option<&'static str>| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(value) = content_type {
+                headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(value));
+            }
+            Protocol::of(&headers)
+        };
+        assert_eq!(of(Some("application/grpc")), Protocol::Grpc);
+        assert_eq!(of(Some("application/grpc+proto")), Protocol::Grpc);
+        assert_eq!(of(Some("application/grpc-web+proto")), Protocol::GrpcWeb);
+        assert_eq!(of(Some("application/grpc-web-text")), Protocol::GrpcWeb);
+        assert_eq!(of(Some("application/json")), Protocol::Rest);
+        assert_eq!(of(None), Protocol::Rest);
+    }
 
     #[test]
     fn renders_histograms_and_counters() {

@@ -36,8 +36,12 @@ use crate::limits::RateLimiter;
 use crate::metrics::{Metrics, Protocol};
 use crate::pb;
 use crate::pb::user_service_server::UserServiceServer;
+use crate::rest_dispatch::MessageLimits;
 use crate::store::{Store, WriteStats};
 use crate::transcode::Transcoder;
+use crate::transcode::openapi::ServedBeside;
+use crate::transcode::rule::HttpBinding;
+use serde_json::json;
 
 /// How often the database is pinged to keep the health status true.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -69,12 +73,13 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
     // The gate spends the per-caller limiter per request; the service spends it per password to hash.
     let limiter = Arc::new(RateLimiter::new(config.rate_limit, config.rate_burst));
     let hash_pool = Arc::new(HashPool::new(usize::from(config.password_hash_concurrency)));
-    let user_service = UserServiceServer::new(
+    let service = Arc::new(
         UserServiceImpl::new(store.clone(), metrics.clone(), limiter.clone(), hash_pool)
             .with_max_message_bytes(config.max_message_bytes),
-    )
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
+    );
+    let user_service = UserServiceServer::from_arc(service.clone())
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -130,18 +135,18 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         .add_service(health_service)
         .add_service(reflection)
         .into_axum_router();
-    // REST calls reach the plain gRPC router in-process; only callers from outside go through gRPC-Web.
+    // REST calls the service's methods directly, held to the message limits gRPC calls are held to.
+    let limits = MessageLimits {
+        max_decoding: config.max_message_bytes,
+        max_encoding: config.max_message_bytes,
+    };
     let transcoder = Transcoder::new(
         pb::FILE_DESCRIPTOR_SET,
-        grpc.clone(),
+        pb::user_service_handlers(service, limits),
         config.max_message_bytes,
         crate::api::codec::decode_limits().clone(),
     )?;
-    let openapi = Bytes::from(serde_json::to_vec(&crate::transcode::openapi::document(
-        transcoder.bindings(),
-        "user-service",
-        env!("CARGO_PKG_VERSION"),
-    ))?);
+    let openapi = Bytes::from(serde_json::to_vec(&openapi_document(transcoder.bindings()))?);
     let (verifier, _, generated) = Verifier::from_config(&config.auth)?;
     if generated {
         tracing::info!(
@@ -156,7 +161,7 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
         request_timeout: config.request_timeout,
     });
     // The gate sits inside the gRPC-Web translation (so its refusals reach browsers as gRPC-Web) and in front
-    // of REST: one check for every protocol. REST then calls the gRPC router directly, with the caller.
+    // of REST: one check for every protocol. REST then calls the service's methods, with the caller.
     let grpc_with_web: BoxCloneSyncService<Request, Response, std::convert::Infallible> = BoxCloneSyncService::new(
         ServiceBuilder::new()
             .map_response(|r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new))
@@ -239,18 +244,7 @@ struct Dispatch {
 
 impl Dispatch {
     async fn call(self, mut request: Request) -> Response {
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let protocol = if content_type.starts_with("application/grpc-web") {
-            Protocol::GrpcWeb
-        } else if content_type.starts_with("application/grpc") {
-            Protocol::Grpc
-        } else {
-            Protocol::Rest
-        };
+        let protocol = Protocol::of(request.headers());
         request.extensions_mut().insert(protocol);
         let service = if protocol == Protocol::Rest {
             self.rest
@@ -300,6 +294,56 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
             ]))
             .max_age(Duration::from_secs(600)),
     ))
+}
+
+/// The OpenAPI document of the REST API and of the probes served beside it.
+fn openapi_document(bindings: &[HttpBinding]) -> serde_json::Value {
+    crate::transcode::openapi::document(bindings, "user-service", env!("CARGO_PKG_VERSION"), &[probes()])
+}
+
+/// The probes this router answers (`/metrics` is left out of the document), which need no token.
+fn probes() -> ServedBeside {
+    const TAG: &str = "Operations";
+    let text = |example: &str| json!({"text/plain": {"schema": {"type": "string", "example": example}}});
+    ServedBeside {
+        tag: TAG,
+        description: "Liveness, readiness and this document; no authentication needed.",
+        get: vec![
+            (
+                "/healthz",
+                json!({
+                    "operationId": "healthz",
+                    "tags": [TAG],
+                    "summary": "Liveness probe.",
+                    "responses": {"200": {"description": "The process is serving.", "content": text("ok")}},
+                }),
+            ),
+            (
+                "/readyz",
+                json!({
+                    "operationId": "readyz",
+                    "tags": [TAG],
+                    "summary": "Readiness probe: whether the database is reachable.",
+                    "responses": {
+                        "200": {"description": "Ready to serve.", "content": text("ready")},
+                        "503": {"description": "The database is unreachable.", "content": text("database unreachable")},
+                    },
+                }),
+            ),
+            (
+                "/openapi.json",
+                json!({
+                    "operationId": "openapiDocument",
+                    "tags": [TAG],
+                    "summary": "This OpenAPI document.",
+                    "responses": {"200": {
+                        "description": "The OpenAPI 3.0 document of the REST API.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }},
+                }),
+            ),
+        ],
+    }
 }
 
 async fn readyz(State(ready): State<Arc<AtomicBool>>) -> (StatusCode, &'static str) {
@@ -519,5 +563,27 @@ async fn serve_connection(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_need_no_token() {
+        let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let bindings = crate::transcode::rule::bindings(&pool).expect("the http rules are valid");
+        let doc = openapi_document(&bindings);
+        for path in ["/healthz", "/readyz", "/openapi.json"] {
+            let probe = &doc["paths"][path]["get"];
+            assert!(probe.is_object(), "{path} is described");
+            assert!(probe.get("security").is_none());
+            assert_eq!(probe["tags"], json!(["Operations"]));
+        }
+        assert!(doc["paths"]["/readyz"]["get"]["responses"]["503"].is_object());
+        assert_eq!(doc["components"]["securitySchemes"]["bearerAuth"]["scheme"], "bearer");
+        let tags = doc["tags"].as_array().expect("tags");
+        assert_eq!(tags.last().map(|t| &t["name"]), Some(&json!("Operations")));
     }
 }

@@ -93,14 +93,14 @@ impl<U: Message + Name + Default> Decoder for LimitedDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         use bytes::Buf;
-        let run = |buf: &mut DecodeBuf<'_>| {
-            // A whole message sits in one contiguous buffer.
-            check_encoded::<U>(buf.chunk())?;
-            U::decode(buf)
-                .map(Some)
-                // As prost's own codec does, and as the gRPC status code guide says for parse errors.
-                .map_err(|e| Status::internal(e.to_string()))
-        };
-        decode_off_worker(buf.remaining(), || run(buf))
+        decode_off_worker(buf.remaining(), || decode_checked(buf).map(Some))
     }
+}
+
+/// Decodes a whole encoded `U` held in one contiguous buffer, after checking its repeated fields: the codec's
+/// decoding, for callers that hold the bytes themselves (REST).
+pub fn decode_checked<U: Message + Name + Default>(buf: impl bytes::Buf) -> Result<U, Status> {
+    check_encoded::<U>(buf.chunk())?;
+    // As prost's own codec does, and as the gRPC status code guide says for parse errors.
+    U::decode(buf).map_err(|e| Status::internal(e.to_string()))
 }

@@ -25,8 +25,8 @@ use crate::limits::{self, Admission, RateLimiter};
 use crate::metrics::{Metrics, Protocol};
 use crate::pb;
 use crate::pb::user_service_server::UserService;
+use crate::rpc_status::code_name;
 use crate::store::{Cursor, ListQuery, Store};
-use crate::transcode::errors::code_name;
 use convert::{fields_from_proto, revision_to_proto, user_to_proto};
 use page_token::PageToken;
 

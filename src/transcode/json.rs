@@ -4,6 +4,7 @@
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, SerializeOptions,
 };
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::rule::{Body, HttpBinding, INPUT_ONLY, field_behaviors, is_well_known};
@@ -364,162 +365,253 @@ fn put_mask(message: &mut DynamicMessage, location: &[(FieldDescriptor, Option<u
     }
 }
 
-/// Removes every FieldMask from a decoded message (recursively), recording where it was and its paths.
-fn take_message_masks(message: &mut DynamicMessage, location: &mut Location, out: &mut Vec<RawMask>) {
-    let fields: Vec<FieldDescriptor> = message.descriptor().fields().collect();
-    for field in fields {
-        if !message.has_field(&field) {
-            continue;
-        }
-        if is_field_mask(&field) {
-            if let prost_reflect::Value::Message(mask) = message.get_field(&field).as_ref() {
-                let paths = mask
-                    .get_field_by_name("paths")
-                    .and_then(|p| {
-                        p.as_list()
-                            .map(|l| l.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-                    })
-                    .unwrap_or_default();
-                let mut at = location.clone();
-                at.push((field.clone(), None));
-                out.push(RawMask { location: at, paths });
-            }
-            message.clear_field(&field);
-            continue;
-        }
-        let Kind::Message(child) = field.kind() else { continue };
-        if field.is_map() || is_well_known(&child) {
-            continue;
-        }
-        match message.get_field_mut(&field) {
-            prost_reflect::Value::Message(inner) => {
-                location.push((field.clone(), None));
-                take_message_masks(inner, location, out);
-                location.pop();
-            }
-            prost_reflect::Value::List(items) => {
-                for (i, item) in items.iter_mut().enumerate() {
-                    if let prost_reflect::Value::Message(inner) = item {
-                        location.push((field.clone(), Some(i)));
-                        take_message_masks(inner, location, out);
-                        location.pop();
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+/// What the REST answer does with one field of a message.
+enum Role {
+    /// Input-only (a password): never part of an answer, not even empty.
+    Hidden,
+    /// A singular field mask: its paths verbatim, as one comma-separated string.
+    Mask,
+    /// Everything else, by the proto3 JSON mapping.
+    Shown,
 }
 
-/// Writes a mask back into response JSON as its comma-separated string.
-fn put_json_mask(value: &mut Value, location: &[(FieldDescriptor, Option<usize>)], paths: &[String]) {
-    let Some(((field, index), rest)) = location.split_first() else {
-        return;
-    };
-    let Value::Object(object) = value else { return };
-    if rest.is_empty() {
-        object.insert(field.json_name().to_owned(), Value::String(paths.join(",")));
-        return;
-    }
-    match (object.get_mut(field.json_name()), index) {
-        (Some(child), None) => put_json_mask(child, rest, paths),
-        (Some(Value::Array(items)), Some(i)) => {
-            if let Some(child) = items.get_mut(*i) {
-                put_json_mask(child, rest, paths);
-            }
-        }
-        _ => {}
-    }
+/// The fields of a message type in the order the proto3 JSON mapping writes them, each with its role.
+struct Plan {
+    fields: Vec<(FieldDescriptor, Role)>,
 }
 
-/// Serializes a message as proto3 JSON with every field present; field masks are written with their paths
-/// verbatim (a map key such as `labels.team-a` has no lowerCamelCase form).
-pub fn message_json(message: &DynamicMessage) -> Result<Value, String> {
-    let mut message = message.clone();
-    let mut masks = Vec::new();
-    take_message_masks(&mut message, &mut Vec::new(), &mut masks);
-    let options = SerializeOptions::new().skip_default_fields(false);
-    let mut value = message
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|e| e.to_string())?;
-    for mask in masks {
-        put_json_mask(&mut value, &mask.location, &mask.paths);
-    }
-    strip_input_only(&mut value, &message.descriptor());
-    Ok(value)
-}
-
-/// Where a message type's input-only fields are: its own (by JSON name) and the message fields to look into.
-struct StripPlan {
-    input_only: Vec<String>,
-    children: Vec<(String, MessageDescriptor)>,
-}
-
-impl StripPlan {
-    fn of(message: &MessageDescriptor) -> StripPlan {
-        let mut plan = StripPlan {
-            input_only: Vec::new(),
-            children: Vec::new(),
-        };
-        for field in message.fields() {
-            if field_behaviors(&field).contains(&INPUT_ONLY) {
-                plan.input_only.push(field.json_name().to_owned());
-            } else if let Kind::Message(child) = field.kind()
-                && !field.is_map()
-                && !is_well_known(&child)
-            {
-                plan.children.push((field.json_name().to_owned(), child));
-            }
-        }
-        plan
+impl Plan {
+    fn of(message: &MessageDescriptor) -> Plan {
+        let fields = message
+            .fields()
+            .map(|field| {
+                let role = if field_behaviors(&field).contains(&INPUT_ONLY) {
+                    Role::Hidden
+                } else if is_field_mask(&field) {
+                    Role::Mask
+                } else {
+                    Role::Shown
+                };
+                (field, role)
+            })
+            .collect();
+        Plan { fields }
     }
 }
 
 thread_local! {
-    /// Strip plans by message name: reading field options decodes them, too slow to repeat for every answer.
-    static STRIP_PLANS: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<StripPlan>>> =
+    /// Plans by message name: reading field options decodes them, too slow to repeat for every answer.
+    static PLANS: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<Plan>>> =
         std::cell::RefCell::default();
 }
 
-/// Input-only fields (a password) are never part of an answer, not even empty.
-fn strip_input_only(value: &mut Value, message: &MessageDescriptor) {
-    let Value::Object(object) = value else { return };
-    let plan = STRIP_PLANS.with(|plans| {
+fn plan(message: &MessageDescriptor) -> std::rc::Rc<Plan> {
+    PLANS.with(|plans| {
         if let Some(plan) = plans.borrow().get(message.full_name()) {
             return plan.clone();
         }
-        let plan = std::rc::Rc::new(StripPlan::of(message));
+        let plan = std::rc::Rc::new(Plan::of(message));
         plans.borrow_mut().insert(message.full_name().to_owned(), plan.clone());
         plan
-    });
-    for name in &plan.input_only {
-        object.remove(name);
+    })
+}
+
+fn serialize_options() -> SerializeOptions {
+    SerializeOptions::new().skip_default_fields(false)
+}
+
+/// A message as REST answers it: proto3 JSON with every field present (those with presence when set), field
+/// masks with their paths verbatim (a map key such as `labels.team-a` has no lowerCamelCase form), input-only
+/// fields left out. Written straight to the serializer, so an answer is neither copied nor built as a tree.
+struct RestJson<'a>(&'a DynamicMessage);
+
+impl Serialize for RestJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let message = self.0;
+        let descriptor = message.descriptor();
+        // Well-known types have JSON forms of their own, which prost-reflect writes.
+        if is_well_known(&descriptor) {
+            return message.serialize_with_options(serializer, &serialize_options());
+        }
+        let plan = plan(&descriptor);
+        let mut map = serializer.serialize_map(None)?;
+        for (field, role) in &plan.fields {
+            // Fields with presence (messages, oneofs, `optional`) are written when set, the others always.
+            if field.supports_presence() && !message.has_field(field) {
+                continue;
+            }
+            match role {
+                Role::Hidden => {}
+                Role::Mask => match message.get_field(field).as_ref() {
+                    prost_reflect::Value::Message(mask) => map.serialize_entry(field.json_name(), &MaskJson(mask))?,
+                    _ => return Err(serde::ser::Error::custom("a field mask that is not a message")),
+                },
+                Role::Shown => map.serialize_entry(field.json_name(), &FieldJson(&message.get_field(field), field))?,
+            }
+        }
+        map.end()
     }
-    for (name, child) in &plan.children {
-        match object.get_mut(name) {
-            Some(Value::Array(items)) => items.iter_mut().for_each(|item| strip_input_only(item, child)),
-            Some(item) => strip_input_only(item, child),
-            None => {}
+}
+
+/// A field mask message as its paths joined by commas.
+struct MaskJson<'a>(&'a DynamicMessage);
+
+impl Serialize for MaskJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let paths = self.0.get_field_by_name("paths");
+        let paths: Vec<&str> = paths
+            .as_deref()
+            .and_then(prost_reflect::Value::as_list)
+            .map(|list| list.iter().filter_map(prost_reflect::Value::as_str).collect())
+            .unwrap_or_default();
+        serializer.collect_str(&paths.join(","))
+    }
+}
+
+/// The value of a field: lists and singular values element by element; maps as prost-reflect writes them.
+struct FieldJson<'a>(&'a prost_reflect::Value, &'a FieldDescriptor);
+
+impl Serialize for FieldJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let kind = self.1.kind();
+        match self.0 {
+            prost_reflect::Value::List(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&ValueJson(item, &kind))?;
+                }
+                seq.end()
+            }
+            prost_reflect::Value::Map(entries) => {
+                let value_kind = match &kind {
+                    Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                    _ => return Err(serde::ser::Error::custom("a map field without an entry type")),
+                };
+                let mut map = serializer.serialize_map(Some(entries.len()))?;
+                for (key, value) in entries {
+                    map.serialize_entry(&MapKeyJson(key), &MapValueJson(value, &value_kind))?;
+                }
+                map.end()
+            }
+            value => ValueJson(value, &kind).serialize(serializer),
         }
     }
 }
 
-/// Serializes a response message (or its `response_body` field) for the REST body.
+/// A singular value: messages by [`RestJson`], scalars by the proto3 JSON mapping.
+struct ValueJson<'a>(&'a prost_reflect::Value, &'a Kind);
+
+impl Serialize for ValueJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            prost_reflect::Value::Message(message) => RestJson(message).serialize(serializer),
+            scalar => scalar_json_value(scalar, self.1, serializer),
+        }
+    }
+}
+
+/// A map value: messages inside maps are written by prost-reflect whole, as they always were.
+struct MapValueJson<'a>(&'a prost_reflect::Value, &'a Kind);
+
+impl Serialize for MapValueJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            prost_reflect::Value::Message(message) => message.serialize_with_options(serializer, &serialize_options()),
+            scalar => scalar_json_value(scalar, self.1, serializer),
+        }
+    }
+}
+
+struct MapKeyJson<'a>(&'a prost_reflect::MapKey);
+
+impl Serialize for MapKeyJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use prost_reflect::MapKey;
+        match self.0 {
+            MapKey::Bool(v) => serializer.collect_str(v),
+            MapKey::I32(v) => serializer.collect_str(v),
+            MapKey::I64(v) => serializer.collect_str(v),
+            MapKey::U32(v) => serializer.collect_str(v),
+            MapKey::U64(v) => serializer.collect_str(v),
+            MapKey::String(v) => serializer.serialize_str(v),
+        }
+    }
+}
+
+/// A scalar by the proto3 JSON mapping, as prost-reflect writes it: 64-bit integers as strings, non-finite
+/// floats by name, bytes in base64, enums by name (by number when unknown), `NullValue` as null.
+fn scalar_json_value<S: serde::Serializer>(
+    value: &prost_reflect::Value,
+    kind: &Kind,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use prost_reflect::Value as V;
+    fn float<S: serde::Serializer>(
+        value: f64,
+        finite: impl FnOnce(S) -> Result<S::Ok, S::Error>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        if value.is_finite() {
+            finite(s)
+        } else if value.is_nan() {
+            s.serialize_str("NaN")
+        } else if value > 0.0 {
+            s.serialize_str("Infinity")
+        } else {
+            s.serialize_str("-Infinity")
+        }
+    }
+    match value {
+        V::Bool(v) => serializer.serialize_bool(*v),
+        V::I32(v) => serializer.serialize_i32(*v),
+        V::U32(v) => serializer.serialize_u32(*v),
+        V::I64(v) => serializer.collect_str(v),
+        V::U64(v) => serializer.collect_str(v),
+        V::F32(v) => float(f64::from(*v), |s| s.serialize_f32(*v), serializer),
+        V::F64(v) => float(*v, |s| s.serialize_f64(*v), serializer),
+        V::String(v) => serializer.serialize_str(v),
+        V::Bytes(v) => {
+            use base64::Engine;
+            serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+        }
+        V::EnumNumber(number) => match kind {
+            Kind::Enum(e) if e.full_name() == "google.protobuf.NullValue" => serializer.serialize_none(),
+            Kind::Enum(e) => match e.get_value(*number) {
+                Some(name) => serializer.serialize_str(name.name()),
+                None => serializer.serialize_i32(*number),
+            },
+            _ => serializer.serialize_i32(*number),
+        },
+        V::Message(message) => RestJson(message).serialize(serializer),
+        V::List(_) | V::Map(_) => Err(serde::ser::Error::custom("a list or map where a single value belongs")),
+    }
+}
+
+/// Serializes a message as REST answers it (see [`RestJson`]), as a JSON value.
+pub fn message_json(message: &DynamicMessage) -> Result<Value, String> {
+    RestJson(message)
+        .serialize(serde_json::value::Serializer)
+        .map_err(|e| e.to_string())
+}
+
+/// Serializes a response message (or its `response_body` field) for the REST body, straight to bytes.
 pub fn response_json(binding: &HttpBinding, message: &DynamicMessage) -> Result<Vec<u8>, String> {
-    let value = match &binding.response_body {
+    let bytes = match &binding.response_body {
         Some(field) => {
             let value = message
                 .get_field_by_name(field)
                 .ok_or("response_body field is missing")?;
             match value.as_ref() {
-                prost_reflect::Value::Message(m) => message_json(m)?,
-                prost_reflect::Value::String(s) => Value::String(s.clone()),
-                other => Value::String(format!("{other:?}")),
+                prost_reflect::Value::Message(m) => serde_json::to_vec(&RestJson(m)),
+                prost_reflect::Value::String(s) => serde_json::to_vec(s),
+                other => serde_json::to_vec(&format!("{other:?}")),
             }
         }
-        None => message_json(message)?,
+        None => serde_json::to_vec(&RestJson(message)),
     };
-    serde_json::to_vec(&value).map_err(|e| e.to_string())
+    bytes.map_err(|e| e.to_string())
 }
 
 /// The `etag` a response message carries at its top level, for the `ETag` header.
@@ -746,5 +838,237 @@ mod tests {
         push_path(&mut object, std::slice::from_ref(&field), Value::String("a".into())).expect("push");
         push_path(&mut object, std::slice::from_ref(&field), Value::String("b".into())).expect("push");
         assert_eq!(object["filter"], serde_json::json!(["a", "b"]));
+    }
+
+    /// Messages of every response type, all fields set, from proto3 JSON; masks, which that JSON cannot spell
+    /// verbatim, are set afterwards.
+    fn full_answers(pool: &DescriptorPool) -> Vec<DynamicMessage> {
+        let user = serde_json::json!({
+            "id": "u-1", "username": "ann", "email": "ann@example.com", "emailVerified": true,
+            "givenName": "Ann \"quoted\" \u{e9}", "familyName": "L\u{fc}beck", "phoneNumber": "+4917", "nationalId": "n",
+            "address": "line\nbreak", "birthDate": "1990-01-02", "languageCode": "de", "regionCode": "DE",
+            "timeZone": "Europe/Berlin", "imageUri": "https://example.com/a.png", "description": "d",
+            "state": "DISABLED", "disabledReason": "why", "labels": {"team-a": "x", "b": "", "c.d": "e"},
+            "roles": ["admin", "viewer"],
+            "memberships": [{"organizationId": "o1", "role": "r", "admin": true}, {"organizationId": "o2"}],
+            "attributes": {"a": {"b": [1, 2.5, "two", null, true, {}]}, "n": -0.125, "big": 1e300},
+            "validFrom": "2024-01-02T03:04:05Z", "expireTime": "2030-01-01T00:00:00.123456789Z",
+            "password": "s3cret-password", "createTime": "2024-01-02T03:04:05.100Z",
+            "updateTime": "2024-01-03T00:00:00Z", "deleteTime": "2024-01-04T00:00:00Z",
+            "purgeTime": "2024-02-04T00:00:00Z", "revision": "9007199254740993", "etag": "\"9\"",
+        });
+        let message = |name: &str, json: Value| {
+            let descriptor = pool.get_message_by_name(name).expect("message exists");
+            DynamicMessage::deserialize(descriptor, json).expect("valid JSON")
+        };
+        let mut revisions = message(
+            "users.v1.ListUserRevisionsResponse",
+            serde_json::json!({"revisions": [
+                {"revision": "2", "actor": "admin", "createTime": "2024-01-02T03:04:05Z",
+                 "before": {"labels": {"team-a": "x"}}, "after": {"labels": {}}},
+                {"revision": "1", "actor": "self"},
+            ], "nextPageToken": "t"}),
+        );
+        if let Some(prost_reflect::Value::List(items)) = revisions.get_field_by_name_mut("revisions")
+            && let Some(prost_reflect::Value::Message(first)) = items.first_mut()
+        {
+            let mut mask = DynamicMessage::new(pool.get_message_by_name("google.protobuf.FieldMask").expect("mask"));
+            mask.set_field_by_name(
+                "paths",
+                prost_reflect::Value::List(
+                    ["given_name", "labels.team-a", "labels.`a,b`"]
+                        .map(|p| prost_reflect::Value::String(p.to_owned()))
+                        .to_vec(),
+                ),
+            );
+            first.set_field_by_name("update_mask", prost_reflect::Value::Message(mask));
+        }
+        vec![
+            message("users.v1.User", user.clone()),
+            message(
+                "users.v1.ListUsersResponse",
+                serde_json::json!({"users": [user.clone(), {"email": "b@example.com"}], "nextPageToken": "n"}),
+            ),
+            message(
+                "users.v1.BatchUpdateUsersResponse",
+                serde_json::json!({"users": [user]}),
+            ),
+            revisions,
+        ]
+    }
+
+    #[test]
+    fn answers_are_written_as_before() {
+        let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let mut checked = 0;
+        for binding in bindings(&pool).expect("bindings") {
+            let output = binding.rpc.output();
+            let mut answers: Vec<DynamicMessage> = full_answers(&pool)
+                .into_iter()
+                .filter(|m| m.descriptor() == output)
+                .collect();
+            answers.push(DynamicMessage::new(output));
+            for answer in answers {
+                // The same JSON; only the order of object keys, which carries no meaning, may differ.
+                // (No rule of this API has a `response_body`: the answer is the whole message.)
+                let new = response_json(&binding, &answer).expect("serializes");
+                let old = serde_json::to_vec(&reference::message_json(&answer).expect("serializes")).expect("JSON");
+                let parse = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).expect("JSON");
+                assert_eq!(parse(&new), parse(&old), "{} answers as before", binding.rpc.name());
+                assert_eq!(new.len(), old.len());
+                let text = String::from_utf8_lossy(&new);
+                assert!(!text.contains("s3cret") && !text.contains("password"), "{text}");
+                assert_eq!(message_json(&answer).expect("json"), parse(&new));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "every binding was checked, full and empty ({checked})");
+    }
+
+    /// The serializer answers were written with before they were written straight to bytes: a copy of the
+    /// message, its masks taken out and put back into a `serde_json::Value`, input-only keys removed from it.
+    /// The new one must write the same JSON.
+    mod reference {
+        use super::super::*;
+
+        /// Removes every FieldMask from a decoded message (recursively), recording where it was and its paths.
+        fn take_message_masks(message: &mut DynamicMessage, location: &mut Location, out: &mut Vec<RawMask>) {
+            let fields: Vec<FieldDescriptor> = message.descriptor().fields().collect();
+            for field in fields {
+                if !message.has_field(&field) {
+                    continue;
+                }
+                if is_field_mask(&field) {
+                    if let prost_reflect::Value::Message(mask) = message.get_field(&field).as_ref() {
+                        let paths = mask
+                            .get_field_by_name("paths")
+                            .and_then(|p| {
+                                p.as_list()
+                                    .map(|l| l.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                            })
+                            .unwrap_or_default();
+                        let mut at = location.clone();
+                        at.push((field.clone(), None));
+                        out.push(RawMask { location: at, paths });
+                    }
+                    message.clear_field(&field);
+                    continue;
+                }
+                let Kind::Message(child) = field.kind() else { continue };
+                if field.is_map() || is_well_known(&child) {
+                    continue;
+                }
+                match message.get_field_mut(&field) {
+                    prost_reflect::Value::Message(inner) => {
+                        location.push((field.clone(), None));
+                        take_message_masks(inner, location, out);
+                        location.pop();
+                    }
+                    prost_reflect::Value::List(items) => {
+                        for (i, item) in items.iter_mut().enumerate() {
+                            if let prost_reflect::Value::Message(inner) = item {
+                                location.push((field.clone(), Some(i)));
+                                take_message_masks(inner, location, out);
+                                location.pop();
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        /// Writes a mask back into response JSON as its comma-separated string.
+        fn put_json_mask(value: &mut Value, location: &[(FieldDescriptor, Option<usize>)], paths: &[String]) {
+            let Some(((field, index), rest)) = location.split_first() else {
+                return;
+            };
+            let Value::Object(object) = value else { return };
+            if rest.is_empty() {
+                object.insert(field.json_name().to_owned(), Value::String(paths.join(",")));
+                return;
+            }
+            match (object.get_mut(field.json_name()), index) {
+                (Some(child), None) => put_json_mask(child, rest, paths),
+                (Some(Value::Array(items)), Some(i)) => {
+                    if let Some(child) = items.get_mut(*i) {
+                        put_json_mask(child, rest, paths);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        /// Serializes a message as proto3 JSON with every field present; field masks are written with their paths
+        /// verbatim (a map key such as `labels.team-a` has no lowerCamelCase form).
+        pub fn message_json(message: &DynamicMessage) -> Result<Value, String> {
+            let mut message = message.clone();
+            let mut masks = Vec::new();
+            take_message_masks(&mut message, &mut Vec::new(), &mut masks);
+            let options = SerializeOptions::new().skip_default_fields(false);
+            let mut value = message
+                .serialize_with_options(serde_json::value::Serializer, &options)
+                .map_err(|e| e.to_string())?;
+            for mask in masks {
+                put_json_mask(&mut value, &mask.location, &mask.paths);
+            }
+            strip_input_only(&mut value, &message.descriptor());
+            Ok(value)
+        }
+
+        /// Where a message type's input-only fields are: its own (by JSON name) and the message fields to look into.
+        struct StripPlan {
+            input_only: Vec<String>,
+            children: Vec<(String, MessageDescriptor)>,
+        }
+
+        impl StripPlan {
+            fn of(message: &MessageDescriptor) -> StripPlan {
+                let mut plan = StripPlan {
+                    input_only: Vec::new(),
+                    children: Vec::new(),
+                };
+                for field in message.fields() {
+                    if field_behaviors(&field).contains(&INPUT_ONLY) {
+                        plan.input_only.push(field.json_name().to_owned());
+                    } else if let Kind::Message(child) = field.kind()
+                        && !field.is_map()
+                        && !is_well_known(&child)
+                    {
+                        plan.children.push((field.json_name().to_owned(), child));
+                    }
+                }
+                plan
+            }
+        }
+
+        thread_local! {
+            /// Strip plans by message name: reading field options decodes them, too slow to repeat for every answer.
+            static STRIP_PLANS: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<StripPlan>>> =
+                std::cell::RefCell::default();
+        }
+
+        /// Input-only fields (a password) are never part of an answer, not even empty.
+        fn strip_input_only(value: &mut Value, message: &MessageDescriptor) {
+            let Value::Object(object) = value else { return };
+            let plan = STRIP_PLANS.with(|plans| {
+                if let Some(plan) = plans.borrow().get(message.full_name()) {
+                    return plan.clone();
+                }
+                let plan = std::rc::Rc::new(StripPlan::of(message));
+                plans.borrow_mut().insert(message.full_name().to_owned(), plan.clone());
+                plan
+            });
+            for name in &plan.input_only {
+                object.remove(name);
+            }
+            for (name, child) in &plan.children {
+                match object.get_mut(name) {
+                    Some(Value::Array(items)) => items.iter_mut().for_each(|item| strip_input_only(item, child)),
+                    Some(item) => strip_input_only(item, child),
+                    None => {}
+                }
+            }
+        }
     }
 }

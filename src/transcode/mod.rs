@@ -1,8 +1,7 @@
-//! REST/JSON transcoding, generic over any tonic service with `google.api.http` annotations: routes HTTP
-//! requests by the rules in the descriptor set, turns them into gRPC calls made in-process on the same
-//! service, and turns the answers (and errors, with their rich details) back into JSON.
+//! REST/JSON transcoding, generic over any service with `google.api.http` annotations: routes HTTP requests by
+//! the rules in the descriptor set, calls the method's [`Handler`] with the encoded request (no gRPC framing, no
+//! router), and writes its answer (or its status, with the rich details) as JSON.
 
-pub mod errors;
 pub mod json;
 pub mod openapi;
 
@@ -12,21 +11,38 @@ pub mod rule;
 use std::sync::Arc;
 
 use axum::body::Body as AxumBody;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
-use tower::ServiceExt;
 
 use crate::decode_limits::{DecodeLimits, decode_off_worker};
-use errors::{error_response, status_from_parts};
+use crate::rpc_status::{error_response, status_response};
 use json::{BadRequest, RestInput};
 use rule::HttpBinding;
 
-/// Request headers passed on to the gRPC call as metadata, so authentication and tracing see REST calls
-/// exactly as they see gRPC ones.
+/// Request headers passed on to the call as metadata, so authentication and tracing see REST calls exactly as
+/// they see gRPC ones.
 const FORWARDED_HEADERS: [&str; 3] = ["authorization", "x-request-id", "grpc-timeout"];
+
+/// One call of a method: its request message encoded, the forwarded request headers (the metadata), and every
+/// request extension (what the middleware put there, such as the authenticated caller).
+pub struct Call {
+    pub message: Bytes,
+    pub headers: HeaderMap,
+    pub extensions: Extensions,
+}
+
+/// A method's answer: its response message encoded and the headers (metadata) it set.
+pub struct Reply {
+    pub message: Bytes,
+    pub headers: HeaderMap,
+}
+
+/// Calls one method; the transcoder holds one per RPC, by the method's full name (`pkg.Service.Method`).
+pub type Handler = Arc<dyn Fn(Call) -> BoxFuture<'static, Result<Reply, tonic::Status>> + Send + Sync>;
 
 /// Deepest JSON nesting a REST body may have: the deepest request (a batch item's attributes) needs 26; the
 /// bound keeps the protobuf message built from it within every decoder's recursion limit.
@@ -53,7 +69,7 @@ fn json_depth(value: &serde_json::Value) -> usize {
     deepest
 }
 
-/// Serves REST for the RPCs of a descriptor pool by calling `grpc` in-process.
+/// Serves REST for the RPCs of a descriptor pool by calling their handlers.
 #[derive(Clone)]
 pub struct Transcoder {
     inner: Arc<Inner>,
@@ -61,26 +77,40 @@ pub struct Transcoder {
 
 struct Inner {
     bindings: Vec<HttpBinding>,
-    grpc: axum::Router,
+    /// The handler of each binding, by index.
+    handlers: Vec<Handler>,
     max_body_bytes: usize,
     /// Repeated-field limits, checked on the body's bytes before it is parsed.
     limits: DecodeLimits,
 }
 
 impl Transcoder {
-    /// Reads the http rules of `descriptor_set`; fails on a rule that cannot be served.
-    pub fn new(
+    /// Reads the http rules of `descriptor_set` and pairs each with its method's handler from `handlers`
+    /// (keyed by full method name); fails on a rule that cannot be served or that no handler serves.
+    pub fn new<'a>(
         descriptor_set: &[u8],
-        grpc: axum::Router,
+        handlers: impl IntoIterator<Item = (&'a str, Handler)>,
         max_body_bytes: usize,
         limits: DecodeLimits,
     ) -> anyhow::Result<Transcoder> {
         let pool = DescriptorPool::decode(descriptor_set)?;
         let bindings = rule::bindings(&pool).map_err(|e| anyhow::anyhow!("http rules: {e}"))?;
+        let by_name: std::collections::HashMap<&str, Handler> = handlers.into_iter().collect();
+        let handlers = bindings
+            .iter()
+            .map(|binding| {
+                by_name.get(binding.rpc.full_name()).cloned().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "http rules: {} has a rule but no handler (only unary methods can have one)",
+                        binding.rpc.full_name()
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Transcoder {
             inner: Arc::new(Inner {
                 bindings,
-                grpc,
+                handlers,
                 max_body_bytes,
                 limits,
             }),
@@ -104,10 +134,10 @@ impl Transcoder {
         let path = parts.uri.path();
         let mut allowed: Vec<Method> = Vec::new();
         let mut chosen = None;
-        for binding in &self.inner.bindings {
+        for (index, binding) in self.inner.bindings.iter().enumerate() {
             if let Some(bindings) = binding.template.matches(path) {
                 if binding.http_method == parts.method {
-                    chosen = Some((binding, bindings));
+                    chosen = Some((index, binding, bindings));
                     break;
                 }
                 if !allowed.contains(&binding.http_method) {
@@ -115,7 +145,7 @@ impl Transcoder {
                 }
             }
         }
-        let Some((binding, path_bindings)) = chosen else {
+        let Some((index, binding, path_bindings)) = chosen else {
             if allowed.is_empty() {
                 return Err(error_response(
                     StatusCode::NOT_FOUND,
@@ -155,7 +185,7 @@ impl Transcoder {
             },
         )
         .map_err(|BadRequest(message)| invalid_argument(&message))?;
-        self.call(binding, &parts, message).await
+        self.call(index, parts, message).await
     }
 
     /// Reads and parses the body; absent or empty bodies are `None`.
@@ -207,57 +237,39 @@ impl Transcoder {
         Ok(Some(value))
     }
 
-    /// Calls the gRPC method in-process and converts its answer.
+    /// Calls the binding's method and writes its answer.
     async fn call(
         &self,
-        binding: &HttpBinding,
-        parts: &http::request::Parts,
+        index: usize,
+        parts: http::request::Parts,
         message: DynamicMessage,
     ) -> Result<Response<AxumBody>, Response<AxumBody>> {
-        let encoded = message.encode_to_vec();
-        let mut frame = BytesMut::with_capacity(encoded.len() + 5);
-        frame.put_u8(0);
-        frame.put_u32(u32::try_from(encoded.len()).map_err(|_| invalid_argument("the request is too large"))?);
-        frame.put_slice(&encoded);
-
-        let mut grpc_request = Request::builder()
-            .method(Method::POST)
-            .uri(binding.grpc_path())
-            .header(header::CONTENT_TYPE, "application/grpc")
-            .header(header::TE, "trailers")
-            .body(AxumBody::from(frame.freeze()))
-            .map_err(|e| internal(&format!("building the gRPC request: {e}")))?;
+        let binding = &self.inner.bindings[index];
+        let mut headers = HeaderMap::new();
         for name in FORWARDED_HEADERS {
             if let Some(value) = parts.headers.get(name) {
-                grpc_request.headers_mut().insert(name, value.clone());
+                headers.insert(name, value.clone());
             }
         }
-        // Whatever the middleware put in the extensions (the authenticated caller) travels with the call.
-        *grpc_request.extensions_mut() = parts.extensions.clone();
-
-        let response = self
-            .inner
-            .grpc
-            .clone()
-            .oneshot(grpc_request)
-            .await
-            .map_err(|e| internal(&format!("in-process gRPC call failed: {e}")))?;
-        let (response_parts, body) = response.into_parts();
-        let collected = body
-            .collect()
-            .await
-            .map_err(|e| internal(&format!("reading the gRPC response: {e}")))?;
-        let trailers = collected.trailers().cloned().unwrap_or_default();
-        let data = collected.to_bytes();
-
-        if let Some(status) = status_from_parts(&response_parts.headers, &trailers)
-            && status.code() != tonic::Code::Ok
-        {
-            let mut response = errors::status_response(&status);
-            copy_passthrough_headers(&response_parts.headers, response.headers_mut());
-            return Err(response);
-        }
-        let output = decode_frame(data, binding).map_err(|e| internal(&e))?;
+        let call = Call {
+            message: Bytes::from(message.encode_to_vec()),
+            headers,
+            extensions: parts.extensions,
+        };
+        let reply = match (self.inner.handlers[index])(call).await {
+            Ok(reply) => reply,
+            // A failure that says OK is no answer at all.
+            Err(status) if status.code() == tonic::Code::Ok => {
+                return Err(internal("a method failed with status OK"));
+            }
+            Err(status) => {
+                let mut response = status_response(&status);
+                copy_passthrough_headers(status.metadata().as_ref(), response.headers_mut());
+                return Err(response);
+            }
+        };
+        let output = DynamicMessage::decode(binding.rpc.output(), reply.message)
+            .map_err(|e| internal(&format!("decoding the response: {e}")))?;
         let json = json::response_json(binding, &output).map_err(|e| internal(&e))?;
         let mut response = Response::new(AxumBody::from(json));
         response
@@ -268,7 +280,7 @@ impl Transcoder {
         {
             response.headers_mut().insert(header::ETAG, value);
         }
-        copy_passthrough_headers(&response_parts.headers, response.headers_mut());
+        copy_passthrough_headers(&reply.headers, response.headers_mut());
         Ok(response)
     }
 }
@@ -313,19 +325,6 @@ async fn read_limited(mut body: AxumBody, limit: usize) -> Result<Bytes, BodyErr
     } else {
         Ok(buffer.freeze())
     }
-}
-
-/// Decodes the single length-prefixed message of a unary gRPC response.
-fn decode_frame(mut data: Bytes, binding: &HttpBinding) -> Result<DynamicMessage, String> {
-    if data.len() < 5 {
-        return Err("gRPC response without a message".into());
-    }
-    let compressed = data.get_u8();
-    let len = data.get_u32() as usize;
-    if compressed != 0 || data.len() < len {
-        return Err("gRPC response frame is malformed".into());
-    }
-    DynamicMessage::decode(binding.rpc.output(), data.slice(..len)).map_err(|e| format!("decoding the response: {e}"))
 }
 
 /// Response headers worth passing to REST clients (rate limits, retry hints); gRPC framing headers are not.

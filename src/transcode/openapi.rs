@@ -19,11 +19,17 @@ const IMMUTABLE: i32 = 5;
 
 const SCHEMAS: &str = "#/components/schemas/";
 const JSON: &str = "application/json";
-const TEXT: &str = "text/plain";
-const PROBES_TAG: &str = "Operations";
 
-/// The document for `bindings`, with the probe endpoints served next to them.
-pub fn document(bindings: &[HttpBinding], title: &str, version: &str) -> Value {
+/// Endpoints a server answers beside the API (its probes), described under a tag of their own.
+pub struct ServedBeside {
+    pub tag: &'static str,
+    pub description: &'static str,
+    /// `(path, operation)` of each GET endpoint; each operation names `tag` in its `tags`.
+    pub get: Vec<(&'static str, Value)>,
+}
+
+/// The document for `bindings`, with the endpoints the server answers next to them.
+pub fn document(bindings: &[HttpBinding], title: &str, version: &str, beside: &[ServedBeside]) -> Value {
     let mut schemas = Schemas::default();
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut tags: Vec<Value> = Vec::new();
@@ -47,17 +53,16 @@ pub fn document(bindings: &[HttpBinding], title: &str, version: &str) -> Value {
             .entry(method)
             .or_insert(operation);
     }
-    for (path, operation) in probe_operations() {
-        paths
-            .entry(path.to_owned())
-            .or_default()
-            .entry("get")
-            .or_insert(operation);
+    for group in beside {
+        for (path, operation) in &group.get {
+            paths
+                .entry((*path).to_owned())
+                .or_default()
+                .entry("get")
+                .or_insert_with(|| operation.clone());
+        }
+        tags.push(json!({"name": group.tag, "description": group.description}));
     }
-    tags.push(json!({
-        "name": PROBES_TAG,
-        "description": "Liveness, readiness and this document; no authentication needed.",
-    }));
 
     let mut components = schemas.finish();
     components.insert("Error".to_owned(), error_schema());
@@ -673,46 +678,6 @@ fn error_schema() -> Value {
     })
 }
 
-/// The endpoints served next to the API, which need no token.
-fn probe_operations() -> [(&'static str, Value); 3] {
-    let text = |example: &str| json!({TEXT: {"schema": {"type": "string", "example": example}}});
-    [
-        (
-            "/healthz",
-            json!({
-                "operationId": "healthz",
-                "tags": [PROBES_TAG],
-                "summary": "Liveness probe.",
-                "responses": {"200": {"description": "The process is serving.", "content": text("ok")}},
-            }),
-        ),
-        (
-            "/readyz",
-            json!({
-                "operationId": "readyz",
-                "tags": [PROBES_TAG],
-                "summary": "Readiness probe: whether the database is reachable.",
-                "responses": {
-                    "200": {"description": "Ready to serve.", "content": text("ready")},
-                    "503": {"description": "The database is unreachable.", "content": text("database unreachable")},
-                },
-            }),
-        ),
-        (
-            "/openapi.json",
-            json!({
-                "operationId": "openapiDocument",
-                "tags": [PROBES_TAG],
-                "summary": "This OpenAPI document.",
-                "responses": {"200": {
-                    "description": "The OpenAPI 3.0 document of the REST API.",
-                    "content": {JSON: {"schema": {"type": "object"}}},
-                }},
-            }),
-        ),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::rule::bindings;
@@ -726,7 +691,7 @@ mod tests {
     fn generated() -> (Vec<HttpBinding>, Value) {
         let pool = DescriptorPool::decode(descriptor_set()).expect("the descriptor set decodes");
         let bindings = bindings(&pool).expect("the http rules are valid");
-        let doc = document(&bindings, "user-service", "test");
+        let doc = document(&bindings, "user-service", "test", &[]);
         (bindings, doc)
     }
 
@@ -925,18 +890,6 @@ mod tests {
         assert!(doc["components"]["schemas"].get("google.protobuf.Timestamp").is_none());
     }
 
-    #[test]
-    fn probes_need_no_token() {
-        let (_, doc) = generated();
-        for path in ["/healthz", "/readyz", "/openapi.json"] {
-            let probe = operation(&doc, path, "get");
-            assert!(probe.get("security").is_none());
-            assert_eq!(probe["tags"], json!([PROBES_TAG]));
-        }
-        assert!(operation(&doc, "/readyz", "get")["responses"]["503"].is_object());
-        assert_eq!(doc["components"]["securitySchemes"]["bearerAuth"]["scheme"], "bearer");
-    }
-
     fn collect_refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
         match value {
             Value::Object(object) => {
@@ -972,7 +925,8 @@ mod tests {
     fn output_is_deterministic() {
         let (bindings, doc) = generated();
         let text = serde_json::to_string_pretty(&doc).expect("serializes");
-        let again = serde_json::to_string_pretty(&document(&bindings, "user-service", "test")).expect("serializes");
+        let again =
+            serde_json::to_string_pretty(&document(&bindings, "user-service", "test", &[])).expect("serializes");
         assert_eq!(text, again);
         if let Some(path) = std::env::var_os("OPENAPI_JSON_OUT") {
             std::fs::write(path, text).expect("writes the document");

@@ -1,5 +1,8 @@
-//! REST error bodies: `{"error": {code, message, status, details}}` with the HTTP status of the standard gRPC
-//! mapping and the rich details of `grpc-status-details-bin` as JSON.
+//! How a gRPC status reads in every protocol: its canonical code name (metrics, REST bodies), its HTTP status, the
+//! REST error body `{"error": {code, message, status, details}}` with the rich details as JSON, and the headers a
+//! failed call carries (`Retry-After`, `WWW-Authenticate`). The service, the gate and the transcoder share it.
+
+use std::time::Duration;
 
 use axum::body::Body;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -48,9 +51,26 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// The status of a gRPC response: in the trailers, or in the headers of a trailers-only response.
-pub fn status_from_parts(headers: &HeaderMap, trailers: &HeaderMap) -> Option<Status> {
-    Status::from_header_map(trailers).or_else(|| Status::from_header_map(headers))
+/// Whole seconds to wait for `delay`, rounded up: a client that waits them is never early.
+pub fn retry_after_seconds(delay: Duration) -> u64 {
+    delay.as_secs() + u64::from(delay.subsec_nanos() > 0)
+}
+
+/// Sets `Retry-After` from the status's retry delay, if it has one.
+pub fn set_retry_after(headers: &mut HeaderMap, status: &Status) {
+    if let Some(delay) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds(delay)));
+    }
+}
+
+/// The `WWW-Authenticate` challenge of a REST UNAUTHENTICATED answer (RFC 6750): `Bearer`, naming the
+/// `invalid_token` error when the gate refused the credentials.
+pub fn bearer_challenge(invalid_token: bool) -> HeaderValue {
+    HeaderValue::from_static(if invalid_token {
+        "Bearer error=\"invalid_token\""
+    } else {
+        "Bearer"
+    })
 }
 
 /// A JSON error response.
@@ -130,8 +150,8 @@ pub fn details_json(status: &Status) -> Vec<Value> {
         .collect()
 }
 
-/// The REST response of a failed gRPC call. UNAUTHENTICATED adds `WWW-Authenticate: Bearer` (RFC 6750), and a
-/// retry delay becomes `Retry-After`.
+/// The REST response of a failed call. UNAUTHENTICATED adds `WWW-Authenticate: Bearer` (RFC 6750), and a retry
+/// delay becomes `Retry-After`.
 pub fn status_response(status: &Status) -> Response<Body> {
     let http = http_status(status.code());
     let details = details_json(status);
@@ -139,13 +159,8 @@ pub fn status_response(status: &Status) -> Response<Body> {
     if status.code() == Code::Unauthenticated {
         response
             .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            .insert(header::WWW_AUTHENTICATE, bearer_challenge(false));
     }
-    if let Some(retry) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
-        let seconds = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
-        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-    }
+    set_retry_after(response.headers_mut(), status);
     response
 }
