@@ -6,6 +6,8 @@ use std::{env, fs, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=proto");
+    // embed_migrations! reads the migration folders at compile time, but a new folder is no change rustc sees.
+    println!("cargo:rerun-if-changed=migrations");
 
     // The PostgreSQL variants of the integration tests need a test database: without TEST_DATABASE_URL they
     // are compiled as ignored, so the runner reports them as not run instead of as passed.
