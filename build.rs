@@ -8,6 +8,16 @@ use std::{env, fs, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=proto");
+    // embed_migrations! reads the migration folders at compile time, but a new folder is no change rustc sees.
+    println!("cargo:rerun-if-changed=migrations");
+
+    // The PostgreSQL variants of the integration tests need a test database: without TEST_DATABASE_URL they
+    // are compiled as ignored, so the runner reports them as not run instead of as passed.
+    println!("cargo:rustc-check-cfg=cfg(test_database)");
+    println!("cargo:rerun-if-env-changed=TEST_DATABASE_URL");
+    if env::var_os("TEST_DATABASE_URL").is_some_and(|url| !url.is_empty()) {
+        println!("cargo:rustc-cfg=test_database");
+    }
 
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::AuthConfig;
@@ -84,7 +85,7 @@ pub struct DatabaseConfig {
 
     /// SQLite durability: `full` fsyncs every commit (survives power loss); `normal` survives process crashes
     /// but may lose the last commits on power loss.
-    #[arg(long, env = "USER_SERVICE_SQLITE_SYNC", value_enum, default_value = "full")]
+    #[arg(long, env = "USER_SERVICE_SQLITE_SYNC", default_value = "full", value_parser = sqlite_sync_parser())]
     pub sqlite_sync: SqliteSync,
 
     /// SQLite group commit: the most concurrent writes committed together in one transaction (one fsync),
@@ -92,6 +93,24 @@ pub struct DatabaseConfig {
     #[arg(long, env = "USER_SERVICE_SQLITE_COMMIT_BATCH", default_value_t = 128,
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub sqlite_commit_batch: u16,
+}
+
+/// The names and help of `--sqlite-sync`'s values: the store knows the levels, the command line names them.
+fn sqlite_sync_parser() -> impl TypedValueParser<Value = SqliteSync> {
+    PossibleValuesParser::new([
+        PossibleValue::new("full").help("fsync on every commit: an acknowledged write survives a power loss"),
+        PossibleValue::new("normal").help(
+            "fsync at checkpoints only: survives a crash of the process, may lose the last commits on power loss",
+        ),
+    ])
+    // Only the names above get here.
+    .map(|name| {
+        if name == "normal" {
+            SqliteSync::Normal
+        } else {
+            SqliteSync::Full
+        }
+    })
 }
 
 impl DatabaseConfig {
@@ -233,5 +252,19 @@ mod tests {
         let config = ServeConfig::for_database("sqlite://./data/users.db");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.database.sqlite_sync, SqliteSync::Full);
+    }
+
+    #[test]
+    fn sqlite_sync_names_each_level() {
+        let sync = |value: &str| {
+            Cli::try_parse_from(["user-service", "migrate", "--sqlite-sync", value]).map(|cli| match cli.command {
+                Command::Migrate(database) => database.sqlite_sync,
+                Command::Serve(_) | Command::Token(_) => unreachable!("parsed a migrate command"),
+            })
+        };
+        assert_eq!(sync("full").ok(), Some(SqliteSync::Full));
+        assert_eq!(sync("normal").ok(), Some(SqliteSync::Normal));
+        assert!(sync("NORMAL").is_err(), "names are exact, as before");
+        assert!(sync("off").is_err());
     }
 }

@@ -27,8 +27,9 @@ pub enum DbConnection {
     Sqlite(diesel::SqliteConnection),
 }
 
-/// SQLite's durability level (`PRAGMA synchronous`) in WAL mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// SQLite's durability level (`PRAGMA synchronous`) in WAL mode. The command line names these in
+/// `config.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqliteSync {
     /// fsync on every commit: an acknowledged write survives a power loss.
     Full,

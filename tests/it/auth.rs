@@ -20,7 +20,10 @@ use crate::support::{
 };
 
 backend_tests!(
+    app = TestApp::builder().configure(|c| c.auth.jwt_audience = Some(AUDIENCE.into()));
     every_rpc_against_every_caller,
+);
+backend_tests!(
     self_service_cannot_touch_privileged_fields,
     password_changes_need_the_current_password,
     passwords_and_hashes_never_reach_logs_or_answers,
@@ -224,17 +227,8 @@ fn code_of(outcome: &Outcome) -> Code {
     }
 }
 
-async fn every_rpc_against_every_caller(app_default: TestApp) {
-    // This test needs an audience; the default app has none, so start one beside it on the same backend kind.
-    let backend = if app_default.database_url.starts_with("postgres") {
-        Backend::Postgres
-    } else {
-        Backend::Sqlite
-    };
-    drop(app_default);
-    let Some(app) = TestApp::start_with(backend, |c| c.auth.jwt_audience = Some(AUDIENCE.into())).await else {
-        return;
-    };
+/// Runs on a server that requires the audience [`AUDIENCE`].
+async fn every_rpc_against_every_caller(app: TestApp) {
     let admin_token = sign(TEST_SECRET, "ops", "users.admin", 3600, Some(AUDIENCE));
     let admin = Harness::new(&app, Some(admin_token.clone()));
     let created = admin
@@ -539,8 +533,7 @@ async fn rate_limits_answer_429_and_spare_other_callers() {
         c.rate_limit = 0.5;
         c.rate_burst = 3;
     })
-    .await
-    .expect("sqlite");
+    .await;
     let noisy = HttpClient::with_token(app.addr, Some(token("noisy", &["users.read"])));
     let mut last = None;
     for _ in 0..4 {
@@ -582,9 +575,7 @@ async fn rate_limits_answer_429_and_spare_other_callers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_deeply_nested_input_is_refused_and_the_server_keeps_serving() {
-    let app = TestApp::start_with(Backend::Sqlite, |c| c.max_message_bytes = 64 * 1024)
-        .await
-        .expect("sqlite");
+    let app = TestApp::start_with(Backend::Sqlite, |c| c.max_message_bytes = 64 * 1024).await;
     let mut c = app.client.clone();
     let big = pb::User {
         email: "big@example.com".into(),
@@ -846,7 +837,7 @@ async fn another_spelling_of_a_users_id_is_not_that_user(app: TestApp) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_kid_gets_a_small_refusal() {
-    let app = TestApp::start(Backend::Sqlite).await.expect("sqlite");
+    let app = TestApp::start(Backend::Sqlite).await;
     // The longest kid whose token still fits the 64 KiB header block (base64 makes it 4/3 as long).
     let kid = "k".repeat(40_000);
     let header = jsonwebtoken::Header {
@@ -879,9 +870,7 @@ async fn a_long_kid_gets_a_small_refusal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aud_arrays_are_accepted_when_they_name_the_audience() {
-    let app = TestApp::start_with(Backend::Sqlite, |c| c.auth.jwt_audience = Some(AUDIENCE.into()))
-        .await
-        .expect("sqlite");
+    let app = TestApp::start_with(Backend::Sqlite, |c| c.auth.jwt_audience = Some(AUDIENCE.into())).await;
     let with_aud = |aud: serde_json::Value| {
         forge(
             &jsonwebtoken::Header::default(),
@@ -911,7 +900,7 @@ async fn aud_arrays_are_accepted_when_they_name_the_audience() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crit_header_is_refused() {
-    let app = TestApp::start(Backend::Sqlite).await.expect("sqlite");
+    let app = TestApp::start(Backend::Sqlite).await;
     let claims = json!({"sub": "ops", "exp": in_an_hour(), "scope": "users.admin"});
     let plain = forge(&jsonwebtoken::Header::default(), &claims);
     let response = HttpClient::with_token(app.addr, Some(plain))
@@ -980,8 +969,7 @@ async fn rs256_and_es256_tokens_verify_against_the_jwks_file() {
         c.auth.jwks_file = Some(jwks);
         c.auth.jwt_issuer = Some("https://issuer.test".into());
     })
-    .await
-    .expect("sqlite");
+    .await;
     use jsonwebtoken::Algorithm::{ES256, RS256};
     for (algorithm, kid, pem) in [
         (RS256, "test-rsa", "rsa-test-key.pem"),
@@ -1021,8 +1009,7 @@ async fn calls_over_the_time_limit_end_with_deadline_exceeded() {
     let app = TestApp::start_with(Backend::Sqlite, |c| {
         c.request_timeout = std::time::Duration::from_millis(1)
     })
-    .await
-    .expect("sqlite");
+    .await;
     // Hashing a password (Argon2id) takes far longer than the 1 ms limit.
     let mut c = app.client.clone();
     let slow = pb::User {
@@ -1056,8 +1043,7 @@ async fn slow_headers_are_cut_off() {
     let app = TestApp::start_with(Backend::Sqlite, |c| {
         c.header_timeout = std::time::Duration::from_millis(300)
     })
-    .await
-    .expect("sqlite");
+    .await;
     let mut slow = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
     slow.write_all(b"GET /v1/users HTTP/1.1\r\nHost: x\r\n")
         .await

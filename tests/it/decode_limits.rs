@@ -25,7 +25,7 @@ fn violation_description(status: &tonic::Status) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_million_batch_items_are_refused_before_decoding() {
-    let app = TestApp::start(Backend::Sqlite).await.expect("sqlite");
+    let app = TestApp::start(Backend::Sqlite).await;
     let http = HttpClient::new(app.addr);
     // 4,000,000 bytes: under the 4 MiB message limit, two million items.
     let (message, trailers) = http
@@ -91,7 +91,7 @@ async fn two_million_batch_items_are_refused_before_decoding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collections_of_a_user_are_bounded_inside_a_batch_and_alone() {
-    let app = TestApp::start(Backend::Sqlite).await.expect("sqlite");
+    let app = TestApp::start(Backend::Sqlite).await;
     let labels = |n: usize| (0..n).map(|i| (format!("k{i}"), "v".to_owned())).collect();
     let many_labels = pb::User {
         id: uuid::Uuid::now_v7().to_string(),

@@ -218,7 +218,7 @@ mod connections {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_http1_header_block_over_64_kib_is_refused_with_431() {
-        let app = TestApp::start(Backend::Sqlite).await.expect("sqlite");
+        let app = TestApp::start(Backend::Sqlite).await;
         let mut stream = TcpStream::connect(app.addr).await.expect("connect");
         let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
         head.extend(std::iter::repeat_n(b'a', 100 * 1024));
@@ -241,9 +241,7 @@ mod connections {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
-        let app = TestApp::start_with(Backend::Sqlite, |c| c.header_timeout = Duration::from_millis(300))
-            .await
-            .expect("sqlite");
+        let app = TestApp::start_with(Backend::Sqlite, |c| c.header_timeout = Duration::from_millis(300)).await;
         let mut silent = TcpStream::connect(app.addr).await.expect("connect");
         assert!(read_until_closed(&mut silent).await.is_empty());
     }
@@ -254,8 +252,7 @@ mod connections {
             c.header_timeout = Duration::from_secs(60);
             c.idle_timeout = Duration::from_millis(300);
         })
-        .await
-        .expect("sqlite");
+        .await;
         let mut stream = TcpStream::connect(app.addr).await.expect("connect");
         stream
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -271,9 +268,7 @@ mod connections {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_answer_the_client_does_not_read_is_dropped_after_the_request_timeout() {
-        let app = TestApp::start_with(Backend::Sqlite, |c| c.request_timeout = Duration::from_secs(1))
-            .await
-            .expect("sqlite");
+        let app = TestApp::start_with(Backend::Sqlite, |c| c.request_timeout = Duration::from_secs(1)).await;
         let mut c = app.client.clone();
         for n in 0..3 {
             create(&mut c, user(&format!("unread{n}@example.com"))).await;

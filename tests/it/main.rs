@@ -16,4 +16,5 @@ mod reliability;
 mod replicas;
 mod rest;
 mod rpcs;
+mod snapshots;
 mod validation;

@@ -7,8 +7,9 @@ use http::{Method, StatusCode};
 use prost::Message;
 use user_service::pb;
 
+use crate::backend_tests;
 use crate::http::HttpClient;
-use crate::support::{Backend, TestApp};
+use crate::support::TestApp;
 
 /// The message limit of these tests: low, so that a few users near the attribute limit fill a page.
 const MESSAGE_LIMIT: usize = 128 * 1024;
@@ -32,43 +33,11 @@ fn blob(seed: usize) -> prost_types::Struct {
     }
 }
 
-async fn start(backend: Backend) -> Option<TestApp> {
-    TestApp::start_with(backend, |c| c.max_message_bytes = MESSAGE_LIMIT).await
-}
-
-mod large_users_split_into_pages {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        super::large_users_split_into_pages(start(Backend::Sqlite).await.expect("SQLite")).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        let Some(app) = start(Backend::Postgres).await else {
-            return;
-        };
-        super::large_users_split_into_pages(app).await;
-    }
-}
-
-mod large_revisions_split_into_pages {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        super::large_revisions_split_into_pages(start(Backend::Sqlite).await.expect("SQLite")).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        let Some(app) = start(Backend::Postgres).await else {
-            return;
-        };
-        super::large_revisions_split_into_pages(app).await;
-    }
-}
+backend_tests!(
+    app = TestApp::builder().configure(|c| c.max_message_bytes = MESSAGE_LIMIT);
+    large_users_split_into_pages,
+    large_revisions_split_into_pages,
+);
 
 /// Users with attributes near the limit: a page_size 1000 page would pass the message limit several times.
 /// Each page is within it, all but the last carry a token, and the walk returns every user once, in every

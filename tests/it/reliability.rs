@@ -277,8 +277,7 @@ async fn truncated_frames_and_stalled_bodies_do_not_stop_the_server() {
     let app = TestApp::start_with(crate::support::Backend::Sqlite, |c| {
         c.request_timeout = std::time::Duration::from_secs(1)
     })
-    .await
-    .expect("sqlite");
+    .await;
     let http = HttpClient::new(app.addr);
     // A gRPC-Web frame that announces 100 bytes and carries 3.
     let response = http

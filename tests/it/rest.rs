@@ -340,7 +340,7 @@ async fn malformed_requests_get_clear_client_errors(app: TestApp) {
 
 #[tokio::test]
 async fn probes_and_openapi_are_served() {
-    let app = TestApp::start(Backend::Sqlite).await.expect("sqlite");
+    let app = TestApp::start(Backend::Sqlite).await;
     let http = HttpClient::new(app.addr);
     assert_eq!(
         http.send(false, Method::GET, "/healthz", &[], Vec::new()).await.status,
@@ -385,8 +385,7 @@ async fn cors_allows_configured_origins_only() {
     let app = TestApp::start_with(Backend::Sqlite, |c| {
         c.cors_origins = vec!["https://app.example.com".into()]
     })
-    .await
-    .expect("sqlite");
+    .await;
     let http = HttpClient::new(app.addr);
     let preflight = |origin: &'static str| {
         let http = http.clone();
