@@ -80,12 +80,22 @@ impl ConnectionManager {
                     SqliteSync::Full => "FULL",
                     SqliteSync::Normal => "NORMAL",
                 };
-                conn.batch_execute(&format!(
-                    "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
-                     PRAGMA foreign_keys = ON;",
-                    self.busy_timeout.as_millis()
-                ))
-                .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+                conn.batch_execute(&format!("PRAGMA busy_timeout = {};", self.busy_timeout.as_millis()))
+                    .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+                // Switching a fresh file to WAL can answer "database is locked" at once, without waiting in the
+                // busy handler, while another process does the same (replicas starting together): retry.
+                let deadline = Instant::now() + self.busy_timeout.max(Duration::from_secs(1));
+                loop {
+                    match conn.batch_execute("PRAGMA journal_mode = WAL;") {
+                        Ok(()) => break,
+                        Err(e) if e.to_string().contains("locked") && Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => return Err(ConnectionError::BadConnection(e.to_string())),
+                    }
+                }
+                conn.batch_execute(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"))
+                    .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
                 Ok(DbConnection::Sqlite(conn))
             }
         }

@@ -28,6 +28,9 @@ pub(crate) fn serve_command(database_url: &str, port: u16) -> Command {
         ])
         .env("RUST_LOG", "warn")
         .env_remove("USER_SERVICE_JWT_SECRET")
+        // As in the in-process tests: the load these tests make as one caller is not the limiter's to refuse.
+        .env("USER_SERVICE_RATE_LIMIT", "1000000")
+        .env("USER_SERVICE_RATE_BURST", "1000000")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     command
