@@ -205,11 +205,7 @@ impl Verifier {
             None => HashMap::new(),
         };
         let generated = secret.as_ref().is_some_and(|(_, g)| *g);
-        let signer = secret.as_ref().map(|(s, _)| Signer {
-            key: EncodingKey::from_secret(s.as_bytes()),
-            issuer: config.jwt_issuer.clone(),
-            audience: config.jwt_audience.clone(),
-        });
+        let signer = secret.as_ref().map(|(s, _)| Signer::new(s, config));
         let verifier = Verifier {
             secret: secret.map(|(s, _)| DecodingKey::from_secret(s.as_bytes())),
             keys,
@@ -314,6 +310,15 @@ impl Verifier {
 }
 
 impl Signer {
+    /// A signer with `secret` that writes the configured issuer and audience into its tokens.
+    fn new(secret: &str, config: &AuthConfig) -> Signer {
+        Signer {
+            key: EncodingKey::from_secret(secret.as_bytes()),
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+        }
+    }
+
     /// Signs an HS256 token for `subject` with `scopes`, valid for `ttl`.
     pub fn sign(&self, subject: &str, scopes: &[String], ttl: Duration) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
@@ -350,11 +355,7 @@ pub fn signer_for_cli(config: &AuthConfig) -> anyhow::Result<Signer> {
             )
         }
     })?;
-    Ok(Signer {
-        key: EncodingKey::from_secret(secret.as_bytes()),
-        issuer: config.jwt_issuer.clone(),
-        audience: config.jwt_audience.clone(),
-    })
+    Ok(Signer::new(&secret, config))
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.
