@@ -465,8 +465,32 @@ impl Serialize for MaskJson<'_> {
             .and_then(prost_reflect::Value::as_list)
             .map(|list| list.iter().filter_map(prost_reflect::Value::as_str).collect())
             .unwrap_or_default();
+        let paths: Vec<String> = paths.iter().map(|p| json_path(p)).collect();
         serializer.collect_str(&paths.join(","))
     }
+}
+
+/// A mask path in the proto3 JSON form: every `_` dropped and the letter after it upper-cased
+/// (`family_name` → `familyName`). Strict parsers (`@bufbuild/protobuf`, Go's protojson, Python's json_format)
+/// refuse a path with `_` in it and turn each capital back into `_` and its lower case. Field names come back
+/// exactly; a map key comes back exactly when it is lower-case and each `_` in it stands before a letter
+/// (`team_a`), and otherwise reads back in that same form (`camelKey` as `camel_key`): it still parses.
+pub fn json_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut upper_next = false;
+    for c in path.chars() {
+        if c == '_' {
+            upper_next = true;
+            continue;
+        }
+        if upper_next {
+            out.extend(c.to_uppercase());
+        } else {
+            out.push(c);
+        }
+        upper_next = false;
+    }
+    out
 }
 
 /// The value of a field: lists and singular values element by element; maps as prost-reflect writes them.
@@ -659,7 +683,18 @@ mod tests {
                 http_method: &method,
             },
         )?;
-        Ok(message_json(&message).expect("json"))
+        let mut json = message_json(&message).expect("json");
+        // The mask as the message holds it (proto paths), not in its JSON spelling: what the service receives.
+        if let Some(mask) = message.get_field_by_name("update_mask")
+            && let Some(mask) = mask.as_message()
+            && let Some(paths) = mask.get_field_by_name("paths")
+            && let Some(paths) = paths.as_list()
+            && json.get("updateMask").is_some()
+        {
+            let paths: Vec<&str> = paths.iter().filter_map(prost_reflect::Value::as_str).collect();
+            json["updateMask"] = Value::String(paths.join(","));
+        }
+        Ok(json)
     }
 
     #[test]
@@ -825,6 +860,15 @@ mod tests {
     }
 
     #[test]
+    fn mask_paths_are_written_in_lower_camel_case() {
+        assert_eq!(json_path("family_name"), "familyName");
+        assert_eq!(json_path("labels.team_a"), "labels.teamA");
+        assert_eq!(json_path("attributes.camelKey"), "attributes.camelKey");
+        assert_eq!(json_path("labels.a_1__b_"), "labels.a1B");
+        assert!(!json_path("`odd_key`.x_y").contains('_'));
+    }
+
+    #[test]
     fn split_mask_respects_backticks() {
         assert_eq!(split_mask(" a, b ,,`c,d`.e"), vec!["a", "b", "`c,d`.e"]);
     }
@@ -926,7 +970,8 @@ mod tests {
     }
 
     /// The serializer answers were written with before they were written straight to bytes: a copy of the
-    /// message, its masks taken out and put back into a `serde_json::Value`, input-only keys removed from it.
+    /// message, its masks taken out and put back into a `serde_json::Value`, input-only keys removed from it (and,
+    /// since, mask paths written in lowerCamelCase).
     /// The new one must write the same JSON.
     mod reference {
         use super::super::*;
@@ -985,6 +1030,8 @@ mod tests {
             };
             let Value::Object(object) = value else { return };
             if rest.is_empty() {
+                // Plus what changed since: paths in their lowerCamelCase JSON form.
+                let paths: Vec<String> = paths.iter().map(|p| super::json_path(p)).collect();
                 object.insert(field.json_name().to_owned(), Value::String(paths.join(",")));
                 return;
             }

@@ -646,6 +646,35 @@ def rest_checks(rec, target, base_url, headers):
     with rec.check("rest GET of an unknown id is 404 NOT_FOUND"):
         rest_error(http.get(f"{users}/{UNKNOWN_ID}", timeout=TIMEOUT), 404, "NOT_FOUND")
 
+    with rec.check("rest answers of every RPC parse with protobuf's strict proto3 JSON parser"):
+        # json_format.Parse refuses unknown keys and FieldMask paths that are not lowerCamelCase, as
+        # @bufbuild/protobuf and Go's protojson do: every answer must be canonical proto3 JSON.
+        strict = lambda resp, message: json_format.Parse(resp.text, message, ignore_unknown_fields=False)
+        name = unique("strict")
+        body = {"email": f"{name}@example.com", "labels": {"team_a": "x", "tier": "gold"}}
+        user = strict(http.post(users, json=body, timeout=TIMEOUT), pb.User())
+        user_url = f"{users}/{user.id}"
+        patch = {"familyName": "Ruiz", "phoneNumber": "+573001234567", "labels": {"tier": "silver"},
+                 "attributes": {"some_key": 1, "camelKey": {"nested": True}}}
+        strict(http.patch(f"{user_url}?updateMask=familyName,phone_number,labels.tier,attributes",
+                          json=patch, timeout=TIMEOUT), pb.User())
+        strict(http.get(user_url, timeout=TIMEOUT), pb.User())
+        strict(http.get(f"{users}:lookup", params={"email": body["email"]}, timeout=TIMEOUT), pb.User())
+        strict(http.get(users, params={"pageSize": 2}, timeout=TIMEOUT), pb.ListUsersResponse())
+        batch = {"requests": [{"user": {"id": user.id, "description": "batch"}, "updateMask": "description"}]}
+        strict(http.post(f"{users}:batchUpdate", json=batch, timeout=TIMEOUT), pb.BatchUpdateUsersResponse())
+        for verb in ("disable", "enable"):
+            strict(http.post(f"{user_url}:{verb}", json={}, timeout=TIMEOUT), pb.User())
+        strict(http.delete(user_url, timeout=TIMEOUT), pb.User())
+        strict(http.post(f"{user_url}:undelete", json={}, timeout=TIMEOUT), pb.User())
+        revisions = strict(http.get(f"{user_url}/revisions", timeout=TIMEOUT), pb.ListUserRevisionsResponse())
+        masks = [list(r.update_mask.paths) for r in revisions.revisions]
+        # Field names and lower snake_case keys read back exactly; a camelCase key reads back in snake form
+        # (README: how mask paths are written).
+        expect(["email", "labels.team_a", "labels.tier"] in masks, f"the create's paths read back: {masks}")
+        expect(["family_name", "phone_number", "labels.tier", "attributes.camel_key", "attributes.some_key"]
+               in masks, f"the PATCH's paths read back: {masks}")
+
 
 # --- main ------------------------------------------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ pub(super) async fn list_user_revisions(h: &Harness, ids: &[String]) {
     );
     assert_eq!(history[0]["updateMask"], "description");
     assert_eq!(
-        history[5]["updateMask"], "given_name,family_name,labels.tier",
-        "REST shows mask paths verbatim"
+        history[5]["updateMask"], "givenName,familyName,labels.tier",
+        "mask paths in their proto3 JSON (lowerCamelCase) form"
     );
 }
