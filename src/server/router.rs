@@ -222,21 +222,29 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
 
 /// The OpenAPI document of the REST API and of the probes served beside it.
 fn openapi_document(bindings: &[HttpBinding]) -> serde_json::Value {
-    crate::transcode::openapi::document(bindings, "user-service", env!("CARGO_PKG_VERSION"), &[probes()])
+    crate::transcode::openapi::document(
+        bindings,
+        "user-service",
+        env!("CARGO_PKG_VERSION"),
+        (env!("CARGO_PKG_LICENSE"), "https://www.apache.org/licenses/LICENSE-2.0"),
+        &[probes()],
+    )
 }
 
-/// The probes this router answers (`/metrics` is left out of the document), which need no token.
+/// The probes this router answers, which need no token (an explicit empty `security`, so that the document
+/// says so rather than leaving it open).
 fn probes() -> ServedBeside {
     const TAG: &str = "Operations";
     let text = |example: &str| json!({"text/plain": {"schema": {"type": "string", "example": example}}});
     ServedBeside {
         tag: TAG,
-        description: "Liveness, readiness and this document; no authentication needed.",
+        description: "Liveness, readiness, metrics and this document; no authentication needed.",
         get: vec![
             (
                 "/healthz",
                 json!({
                     "operationId": "healthz",
+                    "security": [],
                     "tags": [TAG],
                     "summary": "Liveness probe.",
                     "responses": {"200": {"description": "The process is serving.", "content": text("ok")}},
@@ -246,6 +254,7 @@ fn probes() -> ServedBeside {
                 "/readyz",
                 json!({
                     "operationId": "readyz",
+                    "security": [],
                     "tags": [TAG],
                     "summary": "Readiness probe: whether the database is reachable.",
                     "responses": {
@@ -255,9 +264,23 @@ fn probes() -> ServedBeside {
                 }),
             ),
             (
+                "/metrics",
+                json!({
+                    "operationId": "metrics",
+                    "tags": [TAG],
+                    "security": [],
+                    "summary": "Prometheus metrics (text exposition format 0.0.4).",
+                    "responses": {"200": {
+                        "description": "Request, refusal, database and commit counters.",
+                        "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+                    }},
+                }),
+            ),
+            (
                 "/openapi.json",
                 json!({
                     "operationId": "openapiDocument",
+                    "security": [],
                     "tags": [TAG],
                     "summary": "This OpenAPI document.",
                     "responses": {"200": {
@@ -287,10 +310,10 @@ mod tests {
         let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).expect("descriptors");
         let bindings = crate::transcode::rule::bindings(&pool).expect("the http rules are valid");
         let doc = openapi_document(&bindings);
-        for path in ["/healthz", "/readyz", "/openapi.json"] {
+        for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
             let probe = &doc["paths"][path]["get"];
             assert!(probe.is_object(), "{path} is described");
-            assert!(probe.get("security").is_none());
+            assert_eq!(probe["security"], json!([]), "{path} needs no token, and says so");
             assert_eq!(probe["tags"], json!(["Operations"]));
         }
         assert!(doc["paths"]["/readyz"]["get"]["responses"]["503"].is_object());

@@ -29,7 +29,14 @@ pub struct ServedBeside {
 }
 
 /// The document for `bindings`, with the endpoints the server answers next to them.
-pub fn document(bindings: &[HttpBinding], title: &str, version: &str, beside: &[ServedBeside]) -> Value {
+/// `license` is the API's license: its SPDX name and the address of its text.
+pub fn document(
+    bindings: &[HttpBinding],
+    title: &str,
+    version: &str,
+    license: (&str, &str),
+    beside: &[ServedBeside],
+) -> Value {
     let mut schemas = Schemas::default();
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut tags: Vec<Value> = Vec::new();
@@ -71,6 +78,7 @@ pub fn document(bindings: &[HttpBinding], title: &str, version: &str, beside: &[
         "info": {
             "title": title,
             "version": version,
+            "license": {"name": license.0, "url": license.1},
             "description": "REST/JSON mapping of the gRPC API, generated from its protobuf descriptors and \
                             `google.api.http` rules. Bodies use the proto3 JSON mapping.",
         },
@@ -691,7 +699,13 @@ mod tests {
     fn generated() -> (Vec<HttpBinding>, Value) {
         let pool = DescriptorPool::decode(descriptor_set()).expect("the descriptor set decodes");
         let bindings = bindings(&pool).expect("the http rules are valid");
-        let doc = document(&bindings, "user-service", "test", &[]);
+        let doc = document(
+            &bindings,
+            "user-service",
+            "test",
+            ("Apache-2.0", "https://www.apache.org/licenses/LICENSE-2.0"),
+            &[],
+        );
         (bindings, doc)
     }
 
@@ -925,8 +939,14 @@ mod tests {
     fn output_is_deterministic() {
         let (bindings, doc) = generated();
         let text = serde_json::to_string_pretty(&doc).expect("serializes");
-        let again =
-            serde_json::to_string_pretty(&document(&bindings, "user-service", "test", &[])).expect("serializes");
+        let again = serde_json::to_string_pretty(&document(
+            &bindings,
+            "user-service",
+            "test",
+            ("Apache-2.0", "https://www.apache.org/licenses/LICENSE-2.0"),
+            &[],
+        ))
+        .expect("serializes");
         assert_eq!(text, again);
         if let Some(path) = std::env::var_os("OPENAPI_JSON_OUT") {
             std::fs::write(path, text).expect("writes the document");
