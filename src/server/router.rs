@@ -78,7 +78,8 @@ pub(super) fn router<H: Health>(
     let (verifier, _, generated) = Verifier::from_config(&config.auth)?;
     if generated {
         tracing::info!(
-            "generated a JWT secret in {}; mint an admin token with: user-service token --sub admin --scope users.admin",
+            "generated a JWT secret in {}; mint an admin token with `user-service {MINT_ARGS}` (from a checkout: `cargo run --release \
+             -- {MINT_ARGS}`)",
             config.auth.data_dir.join(crate::auth::SECRET_FILE).display()
         );
     }
@@ -230,6 +231,9 @@ fn openapi_document(bindings: &[HttpBinding]) -> serde_json::Value {
         &[probes()],
     )
 }
+
+/// The token command an operator runs after the first start, installed or from a checkout.
+const MINT_ARGS: &str = "token --sub admin --scope users.admin";
 
 /// The probes this router answers, which need no token (an explicit empty `security`, so that the document
 /// says so rather than leaving it open).
