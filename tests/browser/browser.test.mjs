@@ -107,9 +107,10 @@ after(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
-// tok: a token, or null for a call without one.
-const grpcWeb = (page, method, request, tok = adminToken) =>
-  page.evaluate(([b, m, r, t]) => window.check.grpcWeb(b, m, r, t ?? undefined), [base, method, request, tok]);
+// tok: a token, or null for a call without one; timeoutMs sets the call's deadline (sent as grpc-timeout).
+const grpcWeb = (page, method, request, tok = adminToken, timeoutMs = null) =>
+  page.evaluate(([b, m, r, t, ms]) => window.check.grpcWeb(b, m, r, t ?? undefined, ms ?? undefined),
+    [base, method, request, tok, timeoutMs]);
 const rest = (page, method, path, body, headers = {}) =>
   page.evaluate(([b, m, p, j, h]) => window.check.rest(b, m, p, j, h), [base, method, path, body, headers]);
 const parseStrict = (page, type, json) =>
@@ -168,6 +169,22 @@ describe("gRPC-Web from a page on an allowed origin", () => {
     assert.equal(stale.code, 10, JSON.stringify(stale)); // ABORTED
     const got = await grpcWeb(allowed, "getUser", { id: user.id });
     assert.equal(got.message.givenName, "First");
+  });
+
+  test("a call with a deadline passes the preflight (grpc-timeout) and is answered", async () => {
+    const created = await grpcWeb(allowed, "createUser", { user: { email: `${fresh()}@example.com` } },
+      adminToken, 60_000);
+    assert.equal(created.ok, true, JSON.stringify(created));
+    const batch = await grpcWeb(allowed, "batchUpdateUsers", {
+      requests: [
+        { user: { id: created.message.id, givenName: "Batch" }, updateMask: "givenName" },
+        { user: { id: created.message.id, regionCode: "not a region" }, updateMask: "regionCode" },
+      ],
+    }, adminToken, 60_000);
+    // All or nothing: the second item is invalid, so the first is not applied either.
+    assert.equal(batch.code, 3, JSON.stringify(batch));
+    const got = await grpcWeb(allowed, "getUser", { id: created.message.id });
+    assert.equal(got.message.givenName, undefined, JSON.stringify(got));
   });
 
   test("without a token the call is UNAUTHENTICATED; a self-service token reads only its own user", async () => {

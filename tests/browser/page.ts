@@ -48,13 +48,13 @@ function decodeErrorInfo(bytes: Uint8Array): { reason: string; domain: string } 
 }
 
 // A gRPC-Web call as an app makes it; the answer or the error comes back as plain JSON for the test.
-async function grpcWeb(base: string, method: string, request: JsonValue, token?: string) {
+async function grpcWeb(base: string, method: string, request: JsonValue, token?: string, timeoutMs?: number) {
   const client = createClient(UserService, createGrpcWebTransport({ baseUrl: base }));
   const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
   const call = (client as unknown as Record<string, (r: unknown, o: unknown) => Promise<unknown>>)[method];
   const input = UserService.method[method as keyof typeof UserService.method].input;
   try {
-    const answer = await call(fromJson(input, request), { headers });
+    const answer = await call(fromJson(input, request), { headers, timeoutMs });
     const output = UserService.method[method as keyof typeof UserService.method].output;
     return { ok: true, message: toJson(output, answer as never) };
   } catch (e) {
