@@ -108,9 +108,9 @@ after(async () => {
 });
 
 // tok: a token, or null for a call without one; timeoutMs sets the call's deadline (sent as grpc-timeout).
-const grpcWeb = (page, method, request, tok = adminToken, timeoutMs = null) =>
-  page.evaluate(([b, m, r, t, ms]) => window.check.grpcWeb(b, m, r, t ?? undefined, ms ?? undefined),
-    [base, method, request, tok, timeoutMs]);
+const rpc = (page, method, request, tok = adminToken, timeoutMs = null, protocol = "grpc-web") =>
+  page.evaluate(([b, m, r, t, ms, p]) => window.check.rpc(b, m, r, t ?? undefined, ms ?? undefined, p),
+    [base, method, request, tok, timeoutMs, protocol]);
 const rest = (page, method, path, body, headers = {}) =>
   page.evaluate(([b, m, p, j, h]) => window.check.rest(b, m, p, j, h), [base, method, path, body, headers]);
 const parseStrict = (page, type, json) =>
@@ -123,19 +123,19 @@ const fresh = () => `browser${++n}-${process.pid}`;
 describe("gRPC-Web from a page on an allowed origin", () => {
   test("creates a user and reads it back", async () => {
     const name = fresh();
-    const created = await grpcWeb(allowed, "createUser", {
+    const created = await rpc(allowed, "createUser", {
       user: { email: `${name}@example.com`, username: name, givenName: "Ana", labels: { team: "web" } },
     });
     assert.equal(created.ok, true, JSON.stringify(created));
     assert.match(created.message.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$/);
     assert.equal(created.message.state, "ACTIVE");
-    const got = await grpcWeb(allowed, "getUser", { id: created.message.id });
+    const got = await rpc(allowed, "getUser", { id: created.message.id });
     assert.equal(got.ok, true, JSON.stringify(got));
     assert.deepEqual(got.message, created.message);
   });
 
   test("a validation error carries every violation and its reason", async () => {
-    const answer = await grpcWeb(allowed, "createUser", {
+    const answer = await rpc(allowed, "createUser", {
       user: { email: "not-an-address", phoneNumber: "12", regionCode: "XX1" },
     });
     assert.equal(answer.ok, false);
@@ -147,35 +147,35 @@ describe("gRPC-Web from a page on an allowed origin", () => {
 
   test("a taken e-mail is ALREADY_EXISTS with reason EMAIL_TAKEN", async () => {
     const name = fresh();
-    const first = await grpcWeb(allowed, "createUser", { user: { email: `${name}@example.com` } });
+    const first = await rpc(allowed, "createUser", { user: { email: `${name}@example.com` } });
     assert.equal(first.ok, true, JSON.stringify(first));
-    const again = await grpcWeb(allowed, "createUser", { user: { email: `${name.toUpperCase()}@example.com` } });
+    const again = await rpc(allowed, "createUser", { user: { email: `${name.toUpperCase()}@example.com` } });
     assert.equal(again.code, 6, JSON.stringify(again)); // ALREADY_EXISTS
     assert.deepEqual(again.errorInfo, [{ reason: "EMAIL_TAKEN", domain: "users.v1" }]);
   });
 
   test("a stale etag is ABORTED and changes nothing", async () => {
-    const created = await grpcWeb(allowed, "createUser", { user: { email: `${fresh()}@example.com` } });
+    const created = await rpc(allowed, "createUser", { user: { email: `${fresh()}@example.com` } });
     const user = created.message;
-    const updated = await grpcWeb(allowed, "updateUser", {
+    const updated = await rpc(allowed, "updateUser", {
       user: { id: user.id, givenName: "First", etag: user.etag },
       updateMask: "givenName",
     });
     assert.equal(updated.ok, true, JSON.stringify(updated));
-    const stale = await grpcWeb(allowed, "updateUser", {
+    const stale = await rpc(allowed, "updateUser", {
       user: { id: user.id, givenName: "Second", etag: user.etag },
       updateMask: "givenName",
     });
     assert.equal(stale.code, 10, JSON.stringify(stale)); // ABORTED
-    const got = await grpcWeb(allowed, "getUser", { id: user.id });
+    const got = await rpc(allowed, "getUser", { id: user.id });
     assert.equal(got.message.givenName, "First");
   });
 
   test("a call with a deadline passes the preflight (grpc-timeout) and is answered", async () => {
-    const created = await grpcWeb(allowed, "createUser", { user: { email: `${fresh()}@example.com` } },
+    const created = await rpc(allowed, "createUser", { user: { email: `${fresh()}@example.com` } },
       adminToken, 60_000);
     assert.equal(created.ok, true, JSON.stringify(created));
-    const batch = await grpcWeb(allowed, "batchUpdateUsers", {
+    const batch = await rpc(allowed, "batchUpdateUsers", {
       requests: [
         { user: { id: created.message.id, givenName: "Batch" }, updateMask: "givenName" },
         { user: { id: created.message.id, regionCode: "not a region" }, updateMask: "regionCode" },
@@ -183,20 +183,44 @@ describe("gRPC-Web from a page on an allowed origin", () => {
     }, adminToken, 60_000);
     // All or nothing: the second item is invalid, so the first is not applied either.
     assert.equal(batch.code, 3, JSON.stringify(batch));
-    const got = await grpcWeb(allowed, "getUser", { id: created.message.id });
+    const got = await rpc(allowed, "getUser", { id: created.message.id });
     assert.equal(got.message.givenName, undefined, JSON.stringify(got));
   });
 
+  test("the revisions of an update carry its mask", async () => {
+    const created = await rpc(allowed, "createUser", { user: { email: `${fresh()}@example.com` } });
+    const { id } = created.message;
+    const updated = await rpc(allowed, "updateUser", { user: { id, familyName: "Díaz" }, updateMask: "familyName" });
+    assert.equal(updated.ok, true, JSON.stringify(updated));
+    const revisions = await rpc(allowed, "listUserRevisions", { id });
+    assert.equal(revisions.ok, true, JSON.stringify(revisions));
+    assert.deepEqual(revisions.message.revisions.map((r) => [r.revision, r.updateMask]), [["2", "familyName"], ["1", "email"]]);
+    assert.deepEqual(revisions.message.revisions[0].after, { family_name: "Díaz" });
+  });
+
   test("without a token the call is UNAUTHENTICATED; a self-service token reads only its own user", async () => {
-    const none = await grpcWeb(allowed, "listUsers", {}, null);
+    const none = await rpc(allowed, "listUsers", {}, null);
     assert.equal(none.code, 16, JSON.stringify(none)); // UNAUTHENTICATED
-    const mine = (await grpcWeb(allowed, "createUser", { user: { email: `${fresh()}@example.com` } })).message;
-    const other = (await grpcWeb(allowed, "createUser", { user: { email: `${fresh()}@example.com` } })).message;
+    const mine = (await rpc(allowed, "createUser", { user: { email: `${fresh()}@example.com` } })).message;
+    const other = (await rpc(allowed, "createUser", { user: { email: `${fresh()}@example.com` } })).message;
     const self = token(mine.id);
-    const own = await grpcWeb(allowed, "getUser", { id: mine.id }, self);
+    const own = await rpc(allowed, "getUser", { id: mine.id }, self);
     assert.equal(own.ok, true, JSON.stringify(own));
-    const foreign = await grpcWeb(allowed, "getUser", { id: other.id }, self);
+    const foreign = await rpc(allowed, "getUser", { id: other.id }, self);
     assert.equal(foreign.code, 7, JSON.stringify(foreign)); // PERMISSION_DENIED
+  });
+});
+
+describe("connect-web's default transport from a page on an allowed origin", () => {
+  // API §1: the port also speaks the Connect protocol for unary calls, so connect-web's default transport works.
+  // The service answers POST /users.v1.UserService/<Method> with 404, and its preflight does not allow the
+  // Connect-Protocol-Version header that transport sends.
+  test("creates a user and reads it back", { todo: "the Connect protocol is not served" }, async () => {
+    const created = await rpc(allowed, "createUser", { user: { email: `${fresh()}@example.com` } },
+      adminToken, null, "connect");
+    assert.equal(created.ok, true, JSON.stringify(created));
+    const got = await rpc(allowed, "getUser", { id: created.message.id }, adminToken, null, "connect");
+    assert.deepEqual(got.message, created.message);
   });
 });
 
@@ -285,10 +309,10 @@ describe("a page on an origin not given to --cors-origin", () => {
     assert.equal(posted.reached, false, JSON.stringify(posted));
     const read = await rest(stranger, "GET", "/v1/users", undefined, bearer());
     assert.equal(read.reached, false, JSON.stringify(read));
-    const call = await grpcWeb(stranger, "createUser", { user: { email } });
+    const call = await rpc(stranger, "createUser", { user: { email } });
     assert.equal(call.ok, false);
     // The preflight was refused, so neither request reached the service.
-    const lookup = await grpcWeb(allowed, "lookupUser", { email });
+    const lookup = await rpc(allowed, "lookupUser", { email });
     assert.equal(lookup.code, 5, JSON.stringify(lookup)); // NOT_FOUND
   });
 });

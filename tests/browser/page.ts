@@ -3,7 +3,7 @@
 import { fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
 import { ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
 import {
   ListUserRevisionsResponseSchema,
   ListUsersResponseSchema,
@@ -47,9 +47,19 @@ function decodeErrorInfo(bytes: Uint8Array): { reason: string; domain: string } 
   return info;
 }
 
-// A gRPC-Web call as an app makes it; the answer or the error comes back as plain JSON for the test.
-async function grpcWeb(base: string, method: string, request: JsonValue, token?: string, timeoutMs?: number) {
-  const client = createClient(UserService, createGrpcWebTransport({ baseUrl: base }));
+// A call as an app makes it, over gRPC-Web (or, with protocol "connect", connect-web's default transport); the
+// answer or the error comes back as plain JSON for the test.
+async function rpc(
+  base: string,
+  method: string,
+  request: JsonValue,
+  token?: string,
+  timeoutMs?: number,
+  protocol: "grpc-web" | "connect" = "grpc-web",
+) {
+  const transport =
+    protocol === "connect" ? createConnectTransport({ baseUrl: base }) : createGrpcWebTransport({ baseUrl: base });
+  const client = createClient(UserService, transport);
   const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
   const call = (client as unknown as Record<string, (r: unknown, o: unknown) => Promise<unknown>>)[method];
   const input = UserService.method[method as keyof typeof UserService.method].input;
@@ -103,4 +113,4 @@ function parseStrict(type: keyof typeof schemas, json: JsonValue) {
   }
 }
 
-(window as unknown as { check: unknown }).check = { grpcWeb, rest, parseStrict };
+(window as unknown as { check: unknown }).check = { rpc, rest, parseStrict };
