@@ -1,4 +1,5 @@
-//! The router of the service: the gRPC service with health and reflection, gRPC-Web and REST behind the gate,
+//! The router of the service: the gRPC service with health and reflection, gRPC-Web, Connect and REST behind the
+//! gate,
 //! the probes, `/metrics` and `/openapi.json`, with CORS and request ids around them all.
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::pb::user_service_server::UserServiceServer;
 use crate::rest_dispatch::MessageLimits;
 use crate::store::{Store, WriteStats};
 use crate::transcode::Transcoder;
+use crate::transcode::connect::Connect;
 use crate::transcode::openapi::ServedBeside;
 use crate::transcode::rule::HttpBinding;
 use serde_json::json;
@@ -78,6 +80,13 @@ pub(super) fn router<H: Health>(
     };
     let transcoder = Transcoder::new(
         pb::FILE_DESCRIPTOR_SET,
+        pb::user_service_handlers(service.clone(), limits),
+        config.max_message_bytes,
+        crate::api::codec::decode_limits().clone(),
+    )?;
+    // Connect calls the same handlers as REST, with the request message in its body.
+    let connect = Connect::new(
+        pb::FILE_DESCRIPTOR_SET,
         pb::user_service_handlers(service, limits),
         config.max_message_bytes,
         crate::api::codec::decode_limits().clone(),
@@ -112,12 +121,22 @@ pub(super) fn router<H: Health>(
     });
     let rest: BoxCloneSyncService<Request, Response, std::convert::Infallible> = BoxCloneSyncService::new(
         ServiceBuilder::new()
-            .layer(axum::middleware::from_fn_with_state(gate, crate::gate::gate))
+            .layer(axum::middleware::from_fn_with_state(gate.clone(), crate::gate::gate))
             .service(rest_service),
+    );
+    let connect_service = tower::service_fn(move |request: Request| {
+        let connect = connect.clone();
+        async move { Ok::<_, std::convert::Infallible>(connect.handle(request).await) }
+    });
+    let connect: BoxCloneSyncService<Request, Response, std::convert::Infallible> = BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(axum::middleware::from_fn_with_state(gate, crate::gate::gate))
+            .service(connect_service),
     );
     let dispatch = Dispatch {
         grpc: grpc_with_web,
         rest,
+        connect,
     };
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -167,21 +186,23 @@ pub(super) fn router<H: Health>(
     Ok(router)
 }
 
-/// Sends gRPC and gRPC-Web requests (by content type) to the tonic services and everything else to REST.
+/// Sends gRPC and gRPC-Web requests (by content type) to the tonic services, Connect requests (by path and
+/// content type) to the Connect handler, and everything else to REST.
 #[derive(Clone)]
 struct Dispatch {
     grpc: BoxCloneSyncService<Request, Response, std::convert::Infallible>,
     rest: BoxCloneSyncService<Request, Response, std::convert::Infallible>,
+    connect: BoxCloneSyncService<Request, Response, std::convert::Infallible>,
 }
 
 impl Dispatch {
     async fn call(self, mut request: Request) -> Response {
-        let protocol = Protocol::of(request.headers());
+        let protocol = Protocol::of(request.uri().path(), request.headers());
         request.extensions_mut().insert(protocol);
-        let service = if protocol == Protocol::Rest {
-            self.rest
-        } else {
-            self.grpc
+        let service = match protocol {
+            Protocol::Rest => self.rest,
+            Protocol::Connect => self.connect,
+            Protocol::Grpc | Protocol::GrpcWeb => self.grpc,
         };
         match service.oneshot(request).await {
             Ok(response) => response,
@@ -190,8 +211,8 @@ impl Dispatch {
     }
 }
 
-/// CORS for browsers: the configured origins may call gRPC-Web and REST, send the headers those protocols need
-/// and read the gRPC status trailers-in-headers. No origins configured means no cross-origin access.
+/// CORS for browsers: the configured origins may call gRPC-Web, Connect and REST, send the headers those
+/// protocols need and read the gRPC status trailers-in-headers and Connect's compression headers. No origins configured means no cross-origin access.
 fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
     if origins.is_empty() {
         return Ok(None);
@@ -213,6 +234,11 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
                 "grpc-timeout",
                 "if-match",
                 "x-request-id",
+                "connect-protocol-version",
+                "connect-timeout-ms",
+                "content-encoding",
+                "connect-content-encoding",
+                "connect-accept-encoding",
             ]))
             .expose_headers(header_names(&[
                 "grpc-status",
@@ -223,6 +249,9 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
                 "retry-after",
                 "ratelimit-limit",
                 "ratelimit-remaining",
+                "content-encoding",
+                "connect-content-encoding",
+                "connect-accept-encoding",
             ]))
             .max_age(Duration::from_secs(600)),
     ))
