@@ -33,6 +33,7 @@ use crate::rest_dispatch::MessageLimits;
 use crate::store::{Store, WriteStats};
 use crate::transcode::Transcoder;
 use crate::transcode::connect::Connect;
+use crate::transcode::connect_stream;
 use crate::transcode::openapi::ServedBeside;
 use crate::transcode::rule::HttpBinding;
 use serde_json::json;
@@ -198,6 +199,9 @@ struct Dispatch {
 impl Dispatch {
     async fn call(self, mut request: Request) -> Response {
         let protocol = Protocol::of(request.uri().path(), request.headers());
+        if protocol == Protocol::Connect && connect_stream::is_streaming_proto(request.headers()) {
+            return self.connect_stream(request).await;
+        }
         request.extensions_mut().insert(protocol);
         let service = match protocol {
             Protocol::Rest => self.rest,
@@ -206,6 +210,22 @@ impl Dispatch {
         };
         match service.oneshot(request).await {
             Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+impl Dispatch {
+    /// Connect's streaming protocol with protobuf messages, served by the gRPC services through the bridge: the
+    /// gate sees a gRPC call, and its refusals are bridged back like any gRPC status.
+    async fn connect_stream(self, request: Request) -> Response {
+        let mut request = match connect_stream::to_grpc(request) {
+            Ok(request) => request,
+            Err(refused) => return connect_stream::end_of_stream_response(&refused),
+        };
+        request.extensions_mut().insert(Protocol::Grpc);
+        match self.grpc.oneshot(request).await {
+            Ok(response) => connect_stream::from_grpc(response),
             Err(never) => match never {},
         }
     }

@@ -4,6 +4,7 @@
 //! ([`connect`]) calls the same handlers.
 
 pub mod connect;
+pub mod connect_stream;
 pub mod json;
 pub mod openapi;
 

@@ -551,8 +551,8 @@ async fn an_oversized_batch_is_refused_by_the_limits() {
 async fn what_is_not_served_is_refused_clearly() {
     let app = TestApp::start(Backend::Sqlite).await;
     let http = HttpClient::new(app.addr);
-    // The streaming protocol: an end-of-stream message with the error, in Connect's envelope.
-    let response = call(&http, true, "ListUsers", "application/connect+proto", Vec::new(), &[]).await;
+    // The streaming protocol with JSON messages: an end-of-stream message with the error, in Connect's envelope.
+    let response = call(&http, true, "ListUsers", "application/connect+json", Vec::new(), &[]).await;
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.body[0], 0x02, "an end-of-stream message");
     let length = u32::from_be_bytes([response.body[1], response.body[2], response.body[3], response.body[4]]);
@@ -603,4 +603,104 @@ async fn what_is_not_served_is_refused_clearly() {
         response.headers.get("allow").and_then(|v| v.to_str().ok()),
         Some("POST")
     );
+}
+
+/// Splits a Connect streaming body into its envelopes: (flags, payload).
+fn envelopes(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while body.len() >= 5 {
+        let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        out.push((body[0], body[5..5 + length].to_vec()));
+        body = &body[5 + length..];
+    }
+    assert!(body.is_empty(), "a partial envelope");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_over_the_connect_streaming_protocol() {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+    let app = TestApp::start(Backend::Sqlite).await;
+    // No token: reflection is open, as over gRPC.
+    let http = HttpClient::with_token(app.addr, None);
+    let mut body = Vec::new();
+    for request in [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("google.rpc.BadRequest".into()),
+    ] {
+        let message = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        }
+        .encode_to_vec();
+        body.push(0);
+        body.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+        body.extend_from_slice(&message);
+    }
+    let headers = [
+        ("content-type", "application/connect+proto"),
+        ("connect-protocol-version", "1"),
+    ];
+    let response = http
+        .send(
+            true,
+            Method::POST,
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            &headers,
+            body,
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(
+        response.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/connect+proto")
+    );
+    let frames = envelopes(&response.body);
+    assert_eq!(frames.len(), 3, "two answers and the end of the stream");
+    let answers: Vec<_> = frames[..2]
+        .iter()
+        .map(|(flags, payload)| {
+            assert_eq!(*flags, 0);
+            ServerReflectionResponse::decode(payload.as_slice())
+                .expect("an answer")
+                .message_response
+        })
+        .collect();
+    match &answers[0] {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            assert!(
+                list.service.iter().any(|s| s.name == "users.v1.UserService"),
+                "{list:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&answers[1], Some(MessageResponse::FileDescriptorResponse(_))),
+        "{:?}",
+        answers[1]
+    );
+    let (flags, end) = &frames[2];
+    assert_eq!(*flags, 0x02);
+    let end: Value = serde_json::from_slice(end).expect("JSON");
+    assert!(end.get("error").is_none(), "{end}");
+
+    // A streaming call the gate refuses ends with the refusal in the end-of-stream message.
+    let response = http
+        .send(
+            true,
+            Method::POST,
+            "/users.v1.UserService/ListUsers",
+            &headers,
+            vec![0, 0, 0, 0, 0],
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let frames = envelopes(&response.body);
+    assert_eq!(frames.len(), 1);
+    let end: Value = serde_json::from_slice(&frames[0].1).expect("JSON");
+    assert_eq!(end["error"]["code"], "unauthenticated", "{end}");
 }
