@@ -1,6 +1,7 @@
-//! Compiles the protos with protox (no system `protoc`), embeds the encoded descriptor set and generates, from
-//! that same set, the tonic server and client code and, per service, the table of handlers through which REST
-//! calls reach the service trait (`<service>_handlers`, see src/rest_dispatch.rs).
+//! Compiles the protos with protox (no system `protoc`), embeds the encoded descriptor sets (the service's, and
+//! Google's error model for reflection) and generates, from the service's set, the tonic server and client code
+//! and, per service, the table of handlers through which REST calls reach the service trait
+//! (`<service>_handlers`, see src/rest_dispatch.rs).
 
 use std::fmt::Write;
 use std::{env, fs, path::PathBuf};
@@ -30,6 +31,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(
         out_dir.join("user_service_descriptor.bin"),
         compiler.encode_file_descriptor_set(),
+    )?;
+
+    // Google's error model (`google.rpc.Status` and the detail messages), served by reflection only, so that
+    // grpcurl and buf curl can decode the details of an error. No code is generated from it: tonic-types has
+    // the types.
+    let mut rpc = protox::Compiler::new(["proto"])?;
+    rpc.include_imports(true)
+        .open_files(["google/rpc/status.proto", "google/rpc/error_details.proto"])?;
+    fs::write(
+        out_dir.join("google_rpc_descriptor.bin"),
+        rpc.encode_file_descriptor_set(),
     )?;
 
     let tonic = tonic_prost_build::configure()

@@ -18,7 +18,9 @@ use crate::connection::Budget;
 use crate::domain::caller::shown;
 use crate::limits::{Admission, RateLimiter};
 use crate::metrics::{Metrics, Protocol};
-use crate::rpc_status::{bearer_challenge, retry_after_seconds, set_retry_after, status_response};
+use crate::rpc_status::{
+    bearer_challenge, connect_status_response, retry_after_seconds, set_retry_after, status_response,
+};
 
 /// gRPC services any client may call without a token.
 const OPEN_SERVICES: [&str; 3] = [
@@ -39,15 +41,17 @@ pub struct Gate {
     pub request_timeout: Duration,
 }
 
-/// A refusal in the caller's protocol: a trailers-only gRPC status, or a REST error body; either way with
-/// `Retry-After` when the status has a retry delay.
-fn refuse(grpc: bool, status: &Status) -> Response {
-    if grpc {
-        let mut response = status.clone().into_http::<axum::body::Body>();
-        set_retry_after(response.headers_mut(), status);
-        response
-    } else {
-        status_response(status)
+/// A refusal in the caller's protocol: a trailers-only gRPC status, a REST error body or Connect's error JSON;
+/// each with `Retry-After` when the status has a retry delay.
+fn refuse(protocol: Protocol, status: &Status) -> Response {
+    match protocol {
+        Protocol::Grpc | Protocol::GrpcWeb => {
+            let mut response = status.clone().into_http::<axum::body::Body>();
+            set_retry_after(response.headers_mut(), status);
+            response
+        }
+        Protocol::Rest => status_response(status),
+        Protocol::Connect => connect_status_response(status),
     }
 }
 
@@ -76,8 +80,7 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
         .extensions()
         .get::<Protocol>()
         .copied()
-        .unwrap_or_else(|| Protocol::of(request.headers()));
-    let grpc = protocol != Protocol::Rest;
+        .unwrap_or_else(|| Protocol::of(request.uri().path(), request.headers()));
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -107,7 +110,7 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
                 },
             );
             gate.metrics.record_refusal(protocol, "RATE_LIMITED");
-            let mut response = refuse(grpc, &refused);
+            let mut response = refuse(protocol, &refused);
             set_rate_headers(&mut response, limit, 0);
             return response;
         }
@@ -117,8 +120,8 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
         Err(e) => {
             gate.metrics.record_refusal(protocol, "UNAUTHENTICATED");
             let refused = status(Code::Unauthenticated, e.0, "UNAUTHENTICATED", |_| {});
-            let mut response = refuse(grpc, &refused);
-            if !grpc {
+            let mut response = refuse(protocol, &refused);
+            if matches!(protocol, Protocol::Rest | Protocol::Connect) {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, bearer_challenge(true));
@@ -141,7 +144,7 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Nex
         Err(_) => {
             gate.metrics.record_refusal(protocol, "TIMEOUT");
             refuse(
-                grpc,
+                protocol,
                 &status(
                     Code::DeadlineExceeded,
                     format!("the request took longer than {} ms", gate.request_timeout.as_millis()),

@@ -28,4 +28,8 @@ pub mod pb {
     /// The encoded `FileDescriptorSet` of the protos, with the `google.api.http` and `field_behavior` options
     /// kept; reflection serves it.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/user_service_descriptor.bin"));
+
+    /// The encoded `FileDescriptorSet` of `google/rpc/status.proto` and `google/rpc/error_details.proto` with
+    /// their imports: reflection serves it so that clients decode the error details without proto files.
+    pub const GOOGLE_RPC_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/google_rpc_descriptor.bin"));
 }

@@ -16,11 +16,14 @@ pub enum Protocol {
     Grpc,
     GrpcWeb,
     Rest,
+    Connect,
 }
 
 impl Protocol {
-    /// The protocol of a request by its content type: gRPC-Web and gRPC name theirs; anything else is REST.
-    pub fn of(headers: &http::HeaderMap) -> Protocol {
+    /// The protocol of a request: gRPC-Web and gRPC by their content types; Connect by a path of the form
+    /// `/<package.Service>/<Method>` with one of Connect's content types (`application/proto`, `application/json`,
+    /// or a streaming `application/connect+…`); anything else is REST (no REST route has that form).
+    pub fn of(path: &str, headers: &http::HeaderMap) -> Protocol {
         let content_type = headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -29,6 +32,8 @@ impl Protocol {
             Protocol::GrpcWeb
         } else if content_type.starts_with("application/grpc") {
             Protocol::Grpc
+        } else if is_procedure_path(path) && is_connect_content_type(content_type) {
+            Protocol::Connect
         } else {
             Protocol::Rest
         }
@@ -39,8 +44,28 @@ impl Protocol {
             Protocol::Grpc => "grpc",
             Protocol::GrpcWeb => "grpc-web",
             Protocol::Rest => "rest",
+            Protocol::Connect => "connect",
         }
     }
+}
+
+/// Whether `path` names a procedure as Connect and gRPC do: `/<package.Service>/<Method>`, the service
+/// qualified by its package.
+pub fn is_procedure_path(path: &str) -> bool {
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return false;
+    };
+    let name = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let mut parts = service.split('.');
+    let qualified = service.contains('.') && parts.all(name);
+    qualified && name(method)
+}
+
+/// Whether a content type is one of Connect's: unary `application/proto` and `application/json` (parameters
+/// such as `charset` allowed), or streaming `application/connect+<codec>`.
+pub fn is_connect_content_type(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    media == "application/proto" || media == "application/json" || media.starts_with("application/connect+")
 }
 
 #[derive(Default)]
@@ -156,19 +181,32 @@ mod tests {
 
     #[test]
     fn the_content_type_names_the_protocol() {
-        let of = |content_type: Option<&'static str>| {
+        let on = |path: &str, content_type: Option<&'static str>| {
             let mut headers = http::HeaderMap::new();
             if let Some(value) = content_type {
                 headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(value));
             }
-            Protocol::of(&headers)
+            Protocol::of(path, &headers)
         };
+        let of = |content_type| on("/users.v1.UserService/GetUser", content_type);
         assert_eq!(of(Some("application/grpc")), Protocol::Grpc);
         assert_eq!(of(Some("application/grpc+proto")), Protocol::Grpc);
         assert_eq!(of(Some("application/grpc-web+proto")), Protocol::GrpcWeb);
         assert_eq!(of(Some("application/grpc-web-text")), Protocol::GrpcWeb);
-        assert_eq!(of(Some("application/json")), Protocol::Rest);
+        assert_eq!(of(Some("application/json")), Protocol::Connect);
+        assert_eq!(of(Some("application/json; charset=utf-8")), Protocol::Connect);
+        assert_eq!(of(Some("application/proto")), Protocol::Connect);
+        assert_eq!(of(Some("application/connect+proto")), Protocol::Connect);
+        assert_eq!(of(Some("text/plain")), Protocol::Rest);
         assert_eq!(of(None), Protocol::Rest);
+        // REST paths are never procedures, whatever the content type.
+        assert_eq!(on("/v1/users", Some("application/json")), Protocol::Rest);
+        assert_eq!(on("/v1/users/x", Some("application/proto")), Protocol::Rest);
+        assert_eq!(on("/UserService/GetUser", Some("application/json")), Protocol::Rest);
+        assert_eq!(
+            on("/users.v1.UserService/GetUser/x", Some("application/json")),
+            Protocol::Rest
+        );
     }
 
     #[test]

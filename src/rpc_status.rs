@@ -1,11 +1,13 @@
 //! How a gRPC status reads in every protocol: its canonical code name (metrics, REST bodies), its HTTP status, the
 //! REST error body `{"error": {code, message, status, details}}` with the rich details as JSON, and the headers a
-//! failed call carries (`Retry-After`, `WWW-Authenticate`). The service, the gate and the transcoder share it.
+//! failed call carries (`Retry-After`, `WWW-Authenticate`); and the same for Connect: its code names and its
+//! error JSON `{code, message, details}`. The service, the gate and the transcoders share it.
 
 use std::time::Duration;
 
 use axum::body::Body;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use prost::Message;
 use serde_json::{Value, json};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -162,5 +164,76 @@ pub fn status_response(status: &Status) -> Response<Body> {
             .insert(header::WWW_AUTHENTICATE, bearer_challenge(false));
     }
     set_retry_after(response.headers_mut(), status);
+    response
+}
+
+/// The Connect name of a code (`invalid_argument`; `canceled` is spelled with one `l`).
+pub fn connect_code_name(code: Code) -> &'static str {
+    match code {
+        // Connect has no `ok` error; a failure that says OK is reported as unknown.
+        Code::Ok | Code::Unknown => "unknown",
+        Code::Cancelled => "canceled",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Connect's error JSON of a status: `{"code", "message", "details": [{"type", "value", "debug"}]}`, each detail
+/// as its full message name and its encoded bytes in base64 without padding (what Connect clients decode), with
+/// its JSON form as `debug` for people reading the body. Debug info stays on the server, as on REST.
+pub fn connect_error_json(status: &Status) -> Value {
+    use base64::Engine;
+    let anys = tonic_types::pb::Status::decode(status.details())
+        .map(|s| s.details)
+        .unwrap_or_default();
+    let readable = details_json(status);
+    let details: Vec<Value> = anys
+        .iter()
+        .filter_map(|any| {
+            let name = any.type_url.rsplit('/').next().unwrap_or_default();
+            let mut debug = readable
+                .iter()
+                .find(|d| d["@type"].as_str().and_then(|t| t.rsplit('/').next()) == Some(name))?
+                .clone();
+            if let Some(object) = debug.as_object_mut() {
+                object.remove("@type");
+            }
+            Some(json!({
+                "type": name,
+                "value": base64::engine::general_purpose::STANDARD_NO_PAD.encode(&any.value),
+                "debug": debug,
+            }))
+        })
+        .collect();
+    let mut body = json!({"code": connect_code_name(status.code()), "message": status.message()});
+    if !details.is_empty() {
+        body["details"] = Value::Array(details);
+    }
+    body
+}
+
+/// The Connect response of a failed unary call: the HTTP status of its code (the same mapping as REST), the
+/// error JSON, and `Retry-After` / `WWW-Authenticate` as on REST.
+pub fn connect_status_response(status: &Status) -> Response<Body> {
+    let mut response = Response::new(Body::from(connect_error_json(status).to_string()));
+    *response.status_mut() = http_status(status.code());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status.code() == Code::Unauthenticated {
+        headers.insert(header::WWW_AUTHENTICATE, bearer_challenge(false));
+    }
+    set_retry_after(headers, status);
     response
 }

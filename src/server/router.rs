@@ -1,4 +1,5 @@
-//! The router of the service: the gRPC service with health and reflection, gRPC-Web and REST behind the gate,
+//! The router of the service: the gRPC service with health and reflection, gRPC-Web, Connect and REST behind the
+//! gate,
 //! the probes, `/metrics` and `/openapi.json`, with CORS and request ids around them all.
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ use crate::pb::user_service_server::UserServiceServer;
 use crate::rest_dispatch::MessageLimits;
 use crate::store::{Store, WriteStats};
 use crate::transcode::Transcoder;
+use crate::transcode::connect::Connect;
+use crate::transcode::connect_stream;
 use crate::transcode::openapi::ServedBeside;
 use crate::transcode::rule::HttpBinding;
 use serde_json::json;
@@ -54,14 +57,22 @@ pub(super) fn router<H: Health>(
     let user_service = UserServiceServer::from_arc(service.clone())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions (grpcurl before 1.8.8 speaks only v1alpha), with Google's error model beside
+    // the service so that tools decode `grpc-status-details-bin` and Connect error details.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(pb::GOOGLE_RPC_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Each version lists only itself otherwise; a client should see every service it can call.
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+    };
 
     let grpc = tonic::service::Routes::new(user_service)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .into_axum_router();
     // REST calls the service's methods directly, held to the message limits gRPC calls are held to.
     let limits = MessageLimits {
@@ -69,6 +80,13 @@ pub(super) fn router<H: Health>(
         max_encoding: config.max_message_bytes,
     };
     let transcoder = Transcoder::new(
+        pb::FILE_DESCRIPTOR_SET,
+        pb::user_service_handlers(service.clone(), limits),
+        config.max_message_bytes,
+        crate::api::codec::decode_limits().clone(),
+    )?;
+    // Connect calls the same handlers as REST, with the request message in its body.
+    let connect = Connect::new(
         pb::FILE_DESCRIPTOR_SET,
         pb::user_service_handlers(service, limits),
         config.max_message_bytes,
@@ -105,12 +123,22 @@ pub(super) fn router<H: Health>(
     });
     let rest: BoxCloneSyncService<Request, Response, std::convert::Infallible> = BoxCloneSyncService::new(
         ServiceBuilder::new()
-            .layer(axum::middleware::from_fn_with_state(gate, crate::gate::gate))
+            .layer(axum::middleware::from_fn_with_state(gate.clone(), crate::gate::gate))
             .service(rest_service),
+    );
+    let connect_service = tower::service_fn(move |request: Request| {
+        let connect = connect.clone();
+        async move { Ok::<_, std::convert::Infallible>(connect.handle(request).await) }
+    });
+    let connect: BoxCloneSyncService<Request, Response, std::convert::Infallible> = BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(axum::middleware::from_fn_with_state(gate, crate::gate::gate))
+            .service(connect_service),
     );
     let dispatch = Dispatch {
         grpc: grpc_with_web,
         rest,
+        connect,
     };
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -160,21 +188,26 @@ pub(super) fn router<H: Health>(
     Ok(router)
 }
 
-/// Sends gRPC and gRPC-Web requests (by content type) to the tonic services and everything else to REST.
+/// Sends gRPC and gRPC-Web requests (by content type) to the tonic services, Connect requests (by path and
+/// content type) to the Connect handler, and everything else to REST.
 #[derive(Clone)]
 struct Dispatch {
     grpc: BoxCloneSyncService<Request, Response, std::convert::Infallible>,
     rest: BoxCloneSyncService<Request, Response, std::convert::Infallible>,
+    connect: BoxCloneSyncService<Request, Response, std::convert::Infallible>,
 }
 
 impl Dispatch {
     async fn call(self, mut request: Request) -> Response {
-        let protocol = Protocol::of(request.headers());
+        let protocol = Protocol::of(request.uri().path(), request.headers());
+        if protocol == Protocol::Connect && connect_stream::is_streaming_proto(request.headers()) {
+            return self.connect_stream(request).await;
+        }
         request.extensions_mut().insert(protocol);
-        let service = if protocol == Protocol::Rest {
-            self.rest
-        } else {
-            self.grpc
+        let service = match protocol {
+            Protocol::Rest => self.rest,
+            Protocol::Connect => self.connect,
+            Protocol::Grpc | Protocol::GrpcWeb => self.grpc,
         };
         match service.oneshot(request).await {
             Ok(response) => response,
@@ -183,8 +216,24 @@ impl Dispatch {
     }
 }
 
-/// CORS for browsers: the configured origins may call gRPC-Web and REST, send the headers those protocols need
-/// and read the gRPC status trailers-in-headers. No origins configured means no cross-origin access.
+impl Dispatch {
+    /// Connect's streaming protocol with protobuf messages, served by the gRPC services through the bridge: the
+    /// gate sees a gRPC call, and its refusals are bridged back like any gRPC status.
+    async fn connect_stream(self, request: Request) -> Response {
+        let mut request = match connect_stream::to_grpc(request) {
+            Ok(request) => request,
+            Err(refused) => return connect_stream::end_of_stream_response(&refused),
+        };
+        request.extensions_mut().insert(Protocol::Grpc);
+        match self.grpc.oneshot(request).await {
+            Ok(response) => connect_stream::from_grpc(response),
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// CORS for browsers: the configured origins may call gRPC-Web, Connect and REST, send the headers those
+/// protocols need and read the gRPC status trailers-in-headers and Connect's compression headers. No origins configured means no cross-origin access.
 fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
     if origins.is_empty() {
         return Ok(None);
@@ -206,6 +255,11 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
                 "grpc-timeout",
                 "if-match",
                 "x-request-id",
+                "connect-protocol-version",
+                "connect-timeout-ms",
+                "content-encoding",
+                "connect-content-encoding",
+                "connect-accept-encoding",
             ]))
             .expose_headers(header_names(&[
                 "grpc-status",
@@ -216,6 +270,9 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
                 "retry-after",
                 "ratelimit-limit",
                 "ratelimit-remaining",
+                "content-encoding",
+                "connect-content-encoding",
+                "connect-accept-encoding",
             ]))
             .max_age(Duration::from_secs(600)),
     ))

@@ -241,13 +241,21 @@ pub fn request_message(binding: &HttpBinding, input: RestInput<'_>) -> Result<Dy
         set_path(&mut request, &chain, value)?;
     }
 
-    // Field masks keep their paths verbatim (either spelling, map keys as sent), so they bypass the proto3
-    // JSON mapping, which accepts only lowerCamelCase paths.
+    message_from_json(descriptor, request)
+}
+
+/// Builds a message of type `descriptor` from its proto3 JSON object, unknown fields refused. Field masks keep
+/// their paths verbatim (either spelling, map keys as sent), so they bypass the proto3 JSON mapping, which
+/// accepts only lowerCamelCase paths. REST and Connect bodies both come through here.
+pub fn message_from_json(
+    descriptor: MessageDescriptor,
+    mut object: Map<String, Value>,
+) -> Result<DynamicMessage, BadRequest> {
     let mut masks = Vec::new();
-    take_masks(&descriptor, &mut request, &mut Vec::new(), &mut masks);
+    take_masks(&descriptor, &mut object, &mut Vec::new(), &mut masks);
     let mut message = DynamicMessage::deserialize_with_options(
         descriptor,
-        Value::Object(request),
+        Value::Object(object),
         &DeserializeOptions::new().deny_unknown_fields(true),
     )
     .map_err(|e| BadRequest(format!("invalid request: {e}")))?;
@@ -636,6 +644,12 @@ pub fn response_json(binding: &HttpBinding, message: &DynamicMessage) -> Result<
         None => serde_json::to_vec(&RestJson(message)),
     };
     bytes.map_err(|e| e.to_string())
+}
+
+/// Serializes a whole message as REST answers it (see [`RestJson`]), straight to bytes: the body of a Connect
+/// JSON answer.
+pub fn message_json_bytes(message: &DynamicMessage) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(&RestJson(message)).map_err(|e| e.to_string())
 }
 
 /// The `etag` a response message carries at its top level, for the `ETag` header.

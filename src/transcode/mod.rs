@@ -1,7 +1,10 @@
 //! REST/JSON transcoding, generic over any service with `google.api.http` annotations: routes HTTP requests by
 //! the rules in the descriptor set, calls the method's [`Handler`] with the encoded request (no gRPC framing, no
-//! router), and writes its answer (or its status, with the rich details) as JSON.
+//! router), and writes its answer (or its status, with the rich details) as JSON. The Connect protocol
+//! ([`connect`]) calls the same handlers.
 
+pub mod connect;
+pub mod connect_stream;
 pub mod json;
 pub mod openapi;
 
@@ -49,7 +52,7 @@ pub type Handler = Arc<dyn Fn(Call) -> BoxFuture<'static, Result<Reply, tonic::S
 pub const MAX_JSON_DEPTH: usize = 32;
 
 /// Nesting depth of a JSON value (a scalar is 0, `{}` is 1).
-fn json_depth(value: &serde_json::Value) -> usize {
+pub(crate) fn json_depth(value: &serde_json::Value) -> usize {
     // Iterative, so that the check itself cannot overflow the stack.
     let mut deepest = 0;
     let mut stack = vec![(value, 0usize)];
@@ -298,7 +301,7 @@ fn body_message(binding: &HttpBinding) -> Option<prost_reflect::MessageDescripto
     }
 }
 
-enum BodyError {
+pub(crate) enum BodyError {
     TooLarge,
     Unreadable(String),
 }
@@ -306,7 +309,7 @@ enum BodyError {
 /// Reads a body of at most `limit` bytes. Past the limit the rest is read and dropped, up to a bound, so that an
 /// HTTP/1.1 client still sending gets the 413 instead of a reset connection; beyond the bound the connection
 /// is given up.
-async fn read_limited(mut body: AxumBody, limit: usize) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_limited(mut body: AxumBody, limit: usize) -> Result<Bytes, BodyError> {
     let drain_bound = limit.saturating_mul(4);
     let mut buffer = BytesMut::new();
     let mut seen = 0usize;
@@ -328,7 +331,7 @@ async fn read_limited(mut body: AxumBody, limit: usize) -> Result<Bytes, BodyErr
 }
 
 /// Response headers worth passing to REST clients (rate limits, retry hints); gRPC framing headers are not.
-fn copy_passthrough_headers(from: &HeaderMap, to: &mut HeaderMap) {
+pub(crate) fn copy_passthrough_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
         let n = name.as_str();
         if n.starts_with("ratelimit") || n == "retry-after" || n == "www-authenticate" {

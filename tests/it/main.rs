@@ -4,6 +4,7 @@ mod support;
 
 mod auth;
 mod concurrency;
+mod connect;
 mod decode_limits;
 mod group_commit;
 mod http;
