@@ -1,7 +1,8 @@
-// A real Chromium loads a page from one loopback origin and calls the service on another, over gRPC-Web (the
-// connect-web client, HTTP/1.1 as browsers speak it to a plain-http server) and REST (fetch in CORS mode). It
-// checks what a web app sees: answers, error codes with their details, the headers CORS lets it read, strict
-// proto3 JSON parsing of every REST answer, and that an origin not on --cors-origin gets nothing.
+// A real Chromium (Debian's, driven by puppeteer-core) loads a page from one loopback origin and calls the service
+// on another, over gRPC-Web (the connect-web client, HTTP/1.1 as browsers speak it to a plain-http server) and REST
+// (fetch in CORS mode). It checks what a web app sees: answers, error codes with their details, the headers CORS
+// lets it read, strict proto3 JSON parsing of every REST answer, and that an origin not on --cors-origin gets
+// nothing.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
@@ -9,7 +10,7 @@ import { createServer } from "node:http";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { chromium } from "playwright-core";
+import puppeteer from "puppeteer-core";
 
 const here = import.meta.dirname;
 const root = resolve(here, "../..");
@@ -92,7 +93,8 @@ before(async () => {
   }
   assert.ok(ready, `the service did not become ready:\n${serviceLog}`);
   adminToken = token("browser-admin", "users.admin");
-  browser = await chromium.launch({ executablePath: browserPath, args: ["--no-sandbox"] });
+  // puppeteer-core launches the Debian Chromium itself (it bundles no browser and downloads none).
+  browser = await puppeteer.launch({ executablePath: browserPath, headless: true, args: ["--no-sandbox"] });
   allowed = await openPage(appOrigin);
   stranger = await openPage(otherOrigin);
 });
@@ -112,7 +114,8 @@ const rpc = (page, method, request, tok = adminToken, timeoutMs = null, protocol
   page.evaluate(([b, m, r, t, ms, p]) => window.check.rpc(b, m, r, t ?? undefined, ms ?? undefined, p),
     [base, method, request, tok, timeoutMs, protocol]);
 const rest = (page, method, path, body, headers = {}) =>
-  page.evaluate(([b, m, p, j, h]) => window.check.rest(b, m, p, j, h), [base, method, path, body, headers]);
+  // puppeteer passes arguments as JSON, where an absent body (undefined) arrives as null: turn it back.
+  page.evaluate(([b, m, p, j, h]) => window.check.rest(b, m, p, j ?? undefined, h), [base, method, path, body, headers]);
 const parseStrict = (page, type, json) =>
   page.evaluate(([t, j]) => window.check.parseStrict(t, j), [type, json]);
 const bearer = (t = adminToken) => ({ authorization: `Bearer ${t}` });

@@ -3,7 +3,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-(cd "$here" && npm ci --no-audit --no-fund --silent)
+# puppeteer-core drives the Debian Chromium it is pointed at; nothing here downloads a browser.
+(cd "$here" && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 rm -rf "$here/build"
 mkdir -p "$here/build"
 template="{\"version\":\"v2\",\"plugins\":[{\"local\":\"$here/node_modules/.bin/protoc-gen-es\",\"out\":\"$here/build/gen\",\"opt\":[\"target=ts\"]}]}"
