@@ -1,7 +1,9 @@
-// A real Chromium loads a page from one loopback origin and calls the service on another, over gRPC-Web (the
-// connect-web client, HTTP/1.1 as browsers speak it to a plain-http server) and REST (fetch in CORS mode). It
-// checks what a web app sees: answers, error codes with their details, the headers CORS lets it read, strict
-// proto3 JSON parsing of every REST answer, and that an origin not on --cors-origin gets nothing.
+// A real Chromium (Debian's, driven by puppeteer-core) loads a page from one loopback origin and calls the service
+// on another, over gRPC-Web (HTTP/1.1 as browsers speak it to a plain-http server) through two clients,
+// connect-web's transport and the official grpc-web runtime in its text and binary modes, and over REST (fetch in
+// CORS mode). It checks what a web app sees: answers, error codes with their details (google.rpc.Status from
+// grpc-status-details-bin), the encoding each call really used, the headers CORS lets it read, strict proto3 JSON
+// parsing of every REST answer, and that an origin not on --cors-origin gets nothing.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
@@ -9,7 +11,10 @@ import { createServer } from "node:http";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { chromium } from "playwright-core";
+import puppeteer from "puppeteer-core";
+
+// Set to true once the service speaks the Connect protocol: the Connect-transport check is then no longer a todo.
+const connectServed = false;
 
 const here = import.meta.dirname;
 const root = resolve(here, "../..");
@@ -26,6 +31,9 @@ let browser;
 let allowed; // a page on the origin given to --cors-origin
 let stranger; // a page on another loopback origin
 let adminToken;
+let wire = []; // content types of the gRPC-Web calls the allowed page made since the last `calls()`
+let answered = 0; // gRPC-Web calls of the allowed page whose response puppeteer has reported
+let made = 0; // gRPC-Web calls the test has made through the allowed page
 
 // Serves the page on a free loopback port; its origin is http://127.0.0.1:<port>.
 async function servePage() {
@@ -92,8 +100,18 @@ before(async () => {
   }
   assert.ok(ready, `the service did not become ready:\n${serviceLog}`);
   adminToken = token("browser-admin", "users.admin");
-  browser = await chromium.launch({ executablePath: browserPath, args: ["--no-sandbox"] });
+  // puppeteer-core launches the Debian Chromium itself (it bundles no browser and downloads none).
+  browser = await puppeteer.launch({ executablePath: browserPath, headless: true, args: ["--no-sandbox"] });
   allowed = await openPage(appOrigin);
+  // What went over the wire for each call the allowed page made (preflights aside), to show which gRPC-Web
+  // encoding a client really used.
+  allowed.on("response", (response) => {
+    const request = response.request();
+    if (request.method() === "POST" && new URL(response.url()).pathname.startsWith("/users.v1.UserService/")) {
+      wire.push({ sent: request.headers()["content-type"], received: response.headers()["content-type"] });
+      answered++;
+    }
+  });
   stranger = await openPage(otherOrigin);
 });
 
@@ -107,14 +125,47 @@ after(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
+// puppeteer reports a response a little after the page has it: a call through the allowed page returns once its
+// response is recorded too, so `calls()` holds exactly the calls of the test that reads it.
+async function recorded(page, answer) {
+  if (page !== allowed) return answer;
+  made++;
+  for (let i = 0; answered < made; i++) {
+    if (i === 1000) {
+      // A call whose POST never went out (a refused preflight): fail this test alone, not the ones after it.
+      const counts = `puppeteer reported ${answered} of ${made} gRPC-Web responses: ${JSON.stringify(answer)}`;
+      made = answered;
+      assert.fail(counts);
+    }
+    await new Promise((ok) => setTimeout(ok, 10));
+  }
+  return answer;
+}
+
 // tok: a token, or null for a call without one; timeoutMs sets the call's deadline (sent as grpc-timeout).
-const rpc = (page, method, request, tok = adminToken, timeoutMs = null, protocol = "grpc-web") =>
-  page.evaluate(([b, m, r, t, ms, p]) => window.check.rpc(b, m, r, t ?? undefined, ms ?? undefined, p),
-    [base, method, request, tok, timeoutMs, protocol]);
+const rpc = async (page, method, request, tok = adminToken, timeoutMs = null, protocol = "grpc-web") => {
+  const answer = await page.evaluate(
+    ([b, m, r, t, ms, p]) => window.check.rpc(b, m, r, t ?? undefined, ms ?? undefined, p),
+    [base, method, request, tok, timeoutMs, protocol],
+  );
+  // While the Connect protocol's preflight is refused, no POST goes out and none is waited for.
+  return protocol === "grpc-web" || connectServed ? recorded(page, answer) : answer;
+};
 const rest = (page, method, path, body, headers = {}) =>
-  page.evaluate(([b, m, p, j, h]) => window.check.rest(b, m, p, j, h), [base, method, path, body, headers]);
+  // puppeteer passes arguments as JSON, where an absent body (undefined) arrives as null: turn it back.
+  page.evaluate(([b, m, p, j, h]) => window.check.rest(b, m, p, j ?? undefined, h),
+    [base, method, path, body, headers]);
 const parseStrict = (page, type, json) =>
   page.evaluate(([t, j]) => window.check.parseStrict(t, j), [type, json]);
+const grpcWeb = async (page, format, method, request, tok = adminToken) =>
+  recorded(page, await page.evaluate(([b, f, m, r, t]) => window.check.grpcWeb(b, f, m, r, t ?? undefined),
+    [base, format, method, request, tok]));
+// The content types of the calls made since the last time this was called.
+const calls = () => {
+  const seen = wire;
+  wire = [];
+  return seen;
+};
 const bearer = (t = adminToken) => ({ authorization: `Bearer ${t}` });
 
 let n = 0;
@@ -167,6 +218,7 @@ describe("gRPC-Web from a page on an allowed origin", () => {
       updateMask: "givenName",
     });
     assert.equal(stale.code, 10, JSON.stringify(stale)); // ABORTED
+    assert.deepEqual(stale.errorInfo, [{ reason: "ETAG_MISMATCH", domain: "users.v1" }]);
     const got = await rpc(allowed, "getUser", { id: user.id });
     assert.equal(got.message.givenName, "First");
   });
@@ -209,13 +261,143 @@ describe("gRPC-Web from a page on an allowed origin", () => {
     const foreign = await rpc(allowed, "getUser", { id: other.id }, self);
     assert.equal(foreign.code, 7, JSON.stringify(foreign)); // PERMISSION_DENIED
   });
+
+  test("an update with a mask and the etag changes only the masked field and gives a new etag", async () => {
+    calls();
+    const created = await rpc(allowed, "createUser", { user: { email: `${fresh()}@example.com`, familyName: "Keep" } });
+    const user = created.message;
+    const updated = await rpc(allowed, "updateUser", {
+      user: { id: user.id, givenName: "Masked", familyName: "Dropped", etag: user.etag },
+      updateMask: "givenName",
+    });
+    assert.equal(updated.ok, true, JSON.stringify(updated));
+    assert.equal(updated.message.givenName, "Masked");
+    assert.equal(updated.message.familyName, "Keep"); // not in the mask
+    assert.equal(updated.message.revision, "2");
+    assert.notEqual(updated.message.etag, user.etag);
+    const got = await rpc(allowed, "getUser", { id: user.id });
+    assert.deepEqual(got.message, updated.message);
+    // connect-web's gRPC-Web transport speaks the binary encoding.
+    const binary = { sent: "application/grpc-web+proto", received: "application/grpc-web+proto" };
+    assert.deepEqual(calls(), [binary, binary, binary]);
+  });
+
+  test("a list with a label filter returns exactly the users that carry the label", async () => {
+    const team = fresh();
+    const ids = [];
+    for (const labels of [{ team }, { team }, { team: `${team}-other` }]) {
+      const created = await rpc(allowed, "createUser", { user: { email: `${fresh()}@example.com`, labels } });
+      assert.equal(created.ok, true, JSON.stringify(created));
+      ids.push(created.message.id);
+    }
+    const listed = await rpc(allowed, "listUsers", { filter: `labels.team = "${team}"` });
+    assert.equal(listed.ok, true, JSON.stringify(listed));
+    assert.deepEqual(listed.message.users.map((u) => u.id).sort(), ids.slice(0, 2).sort());
+    assert.ok(listed.message.users.every((u) => u.labels.team === team));
+  });
 });
+
+// The official grpc-web runtime (npm grpc-web) in both of its modes, each checked on the wire.
+for (const [format, contentType] of [["text", "application/grpc-web-text"], ["binary", "application/grpc-web+proto"]]) {
+  // Every call of the test went out and came back in the mode's encoding.
+  const sentAs = (count) => {
+    const seen = calls();
+    assert.equal(seen.length, count, JSON.stringify(seen));
+    for (const call of seen) {
+      assert.equal(call.sent, contentType, JSON.stringify(seen));
+      assert.ok(call.received?.startsWith(contentType), JSON.stringify(seen));
+    }
+  };
+
+  describe(`the grpc-web runtime in ${format} mode (${contentType}) from a page on an allowed origin`, () => {
+    test("creates a user and reads it back", async () => {
+      calls();
+      const name = fresh();
+      const created = await grpcWeb(allowed, format, "createUser", {
+        user: { email: `${name}@example.com`, username: name, givenName: "Ana", labels: { team: "web" } },
+      });
+      assert.equal(created.ok, true, JSON.stringify(created));
+      assert.match(created.message.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+      assert.equal(created.message.state, "ACTIVE");
+      assert.equal(created.message.username, name);
+      const got = await grpcWeb(allowed, format, "getUser", { id: created.message.id });
+      assert.equal(got.ok, true, JSON.stringify(got));
+      assert.deepEqual(got.message, created.message);
+      sentAs(2);
+    });
+
+    test("an update with a mask and the etag applies; the same etag again is ABORTED, ETAG_MISMATCH", async () => {
+      calls();
+      const created = await grpcWeb(allowed, format, "createUser", {
+        user: { email: `${fresh()}@example.com`, familyName: "Keep" },
+      });
+      const user = created.message;
+      const updated = await grpcWeb(allowed, format, "updateUser", {
+        user: { id: user.id, givenName: "First", familyName: "Dropped", etag: user.etag },
+        updateMask: "givenName",
+      });
+      assert.equal(updated.ok, true, JSON.stringify(updated));
+      assert.equal(updated.message.givenName, "First");
+      assert.equal(updated.message.familyName, "Keep"); // not in the mask
+      assert.equal(updated.message.revision, "2");
+      assert.notEqual(updated.message.etag, user.etag);
+
+      const stale = await grpcWeb(allowed, format, "updateUser", {
+        user: { id: user.id, givenName: "Second", etag: user.etag },
+        updateMask: "givenName",
+      });
+      assert.equal(stale.ok, false, JSON.stringify(stale));
+      assert.equal(stale.code, 10, JSON.stringify(stale)); // ABORTED
+      // The details come from grpc-status-details-bin: a google.rpc.Status with the same code.
+      assert.equal(stale.detailsBin, true, JSON.stringify(stale));
+      assert.equal(stale.status.code, 10, JSON.stringify(stale));
+      assert.deepEqual(stale.errorInfo, [{ reason: "ETAG_MISMATCH", domain: "users.v1" }], JSON.stringify(stale));
+      const got = await grpcWeb(allowed, format, "getUser", { id: user.id });
+      assert.deepEqual(got.message, updated.message);
+      sentAs(4);
+    });
+
+    test("invalid fields are INVALID_ARGUMENT with a BadRequest violation for each", async () => {
+      calls();
+      const answer = await grpcWeb(allowed, format, "createUser", {
+        user: { email: `${fresh()}@example.com`, phoneNumber: "12", regionCode: "XX1" },
+      });
+      assert.equal(answer.ok, false, JSON.stringify(answer));
+      assert.equal(answer.code, 3, JSON.stringify(answer)); // INVALID_ARGUMENT
+      assert.equal(answer.status.code, 3, JSON.stringify(answer));
+      assert.ok(answer.status.types.includes("type.googleapis.com/google.rpc.BadRequest"), JSON.stringify(answer));
+      const fields = answer.badRequest.map((v) => v.field).sort();
+      assert.deepEqual(fields, ["user.phone_number", "user.region_code"], JSON.stringify(answer));
+      assert.ok(answer.badRequest.every((v) => v.description.length > 0), JSON.stringify(answer));
+      sentAs(1);
+    });
+
+    test("a list with a label filter returns exactly the users that carry the label", async () => {
+      calls();
+      const team = fresh();
+      const ids = [];
+      for (const labels of [{ team }, { team }, { team: `${team}-other` }]) {
+        const created = await grpcWeb(allowed, format, "createUser", {
+          user: { email: `${fresh()}@example.com`, labels },
+        });
+        assert.equal(created.ok, true, JSON.stringify(created));
+        ids.push(created.message.id);
+      }
+      const listed = await grpcWeb(allowed, format, "listUsers", { filter: `labels.team = "${team}"` });
+      assert.equal(listed.ok, true, JSON.stringify(listed));
+      assert.deepEqual(listed.message.users.map((u) => u.id).sort(), ids.slice(0, 2).sort());
+      assert.ok(listed.message.users.every((u) => u.labels.team === team));
+      sentAs(4);
+    });
+  });
+}
 
 describe("connect-web's default transport from a page on an allowed origin", () => {
   // API §1: the port also speaks the Connect protocol for unary calls, so connect-web's default transport works.
   // The service answers POST /users.v1.UserService/<Method> with 404, and its preflight does not allow the
   // Connect-Protocol-Version header that transport sends.
-  test("creates a user and reads it back", { todo: "the Connect protocol is not served" }, async () => {
+  const todo = connectServed ? false : "the Connect protocol is not served";
+  test("creates a user and reads it back", { todo }, async () => {
     const created = await rpc(allowed, "createUser", { user: { email: `${fresh()}@example.com` } },
       adminToken, null, "connect");
     assert.equal(created.ok, true, JSON.stringify(created));
