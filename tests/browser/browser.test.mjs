@@ -13,8 +13,6 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import puppeteer from "puppeteer-core";
 
-// Set to true once the service speaks the Connect protocol: the Connect-transport check is then no longer a todo.
-const connectServed = false;
 
 const here = import.meta.dirname;
 const root = resolve(here, "../..");
@@ -148,8 +146,7 @@ const rpc = async (page, method, request, tok = adminToken, timeoutMs = null, pr
     ([b, m, r, t, ms, p]) => window.check.rpc(b, m, r, t ?? undefined, ms ?? undefined, p),
     [base, method, request, tok, timeoutMs, protocol],
   );
-  // While the Connect protocol's preflight is refused, no POST goes out and none is waited for.
-  return protocol === "grpc-web" || connectServed ? recorded(page, answer) : answer;
+  return recorded(page, answer);
 };
 const rest = (page, method, path, body, headers = {}) =>
   // puppeteer passes arguments as JSON, where an absent body (undefined) arrives as null: turn it back.
@@ -392,18 +389,60 @@ for (const [format, contentType] of [["text", "application/grpc-web-text"], ["bi
   });
 }
 
-describe("connect-web's default transport from a page on an allowed origin", () => {
+describe("connect-web's default transport (the Connect protocol) from a page on an allowed origin", () => {
   // API §1: the port also speaks the Connect protocol for unary calls, so connect-web's default transport works.
-  // The service answers POST /users.v1.UserService/<Method> with 404, and its preflight does not allow the
-  // Connect-Protocol-Version header that transport sends.
-  const todo = connectServed ? false : "the Connect protocol is not served";
-  test("creates a user and reads it back", { todo }, async () => {
-    const created = await rpc(allowed, "createUser", { user: { email: `${fresh()}@example.com` } },
-      adminToken, null, "connect");
+  const connect = (method, request, tok = adminToken) => rpc(allowed, method, request, tok, null, "connect");
+
+  test("creates a user and reads it back", async () => {
+    const created = await connect("createUser", { user: { email: `${fresh()}@example.com` } });
     assert.equal(created.ok, true, JSON.stringify(created));
-    const got = await rpc(allowed, "getUser", { id: created.message.id }, adminToken, null, "connect");
+    const got = await connect("getUser", { id: created.message.id });
     assert.deepEqual(got.message, created.message);
   });
+
+  test("an update with a mask and the etag applies; the same etag again is ABORTED, ETAG_MISMATCH", async () => {
+    const created = await connect("createUser", { user: { email: `${fresh()}@example.com`, familyName: "Keep" } });
+    const user = created.message;
+    const updated = await connect("updateUser", {
+      user: { id: user.id, givenName: "Masked", familyName: "Dropped", etag: user.etag },
+      updateMask: "givenName",
+    });
+    assert.equal(updated.ok, true, JSON.stringify(updated));
+    assert.equal(updated.message.givenName, "Masked");
+    assert.equal(updated.message.familyName, "Keep"); // not in the mask
+    const stale = await connect("updateUser", {
+      user: { id: user.id, givenName: "Second", etag: user.etag },
+      updateMask: "givenName",
+    });
+    assert.equal(stale.code, 10, JSON.stringify(stale)); // ABORTED
+    assert.deepEqual(stale.errorInfo, [{ reason: "ETAG_MISMATCH", domain: "users.v1" }]);
+    assert.equal((await connect("getUser", { id: user.id })).message.givenName, "Masked");
+  });
+
+  test("invalid fields are INVALID_ARGUMENT with a BadRequest violation for each", async () => {
+    const answer = await connect("createUser", {
+      user: { email: "not-an-address", phoneNumber: "12", regionCode: "XX1" },
+    });
+    assert.equal(answer.code, 3, JSON.stringify(answer)); // INVALID_ARGUMENT
+    const fields = answer.badRequest.map((v) => v.field).sort();
+    assert.deepEqual(fields, ["user.email", "user.phone_number", "user.region_code"], JSON.stringify(answer));
+  });
+
+  test("a list with a label filter returns exactly the users that carry the label; no token is UNAUTHENTICATED",
+    async () => {
+      const team = fresh();
+      const ids = [];
+      for (const labels of [{ team }, { team }, { team: `${team}-other` }]) {
+        const created = await connect("createUser", { user: { email: `${fresh()}@example.com`, labels } });
+        assert.equal(created.ok, true, JSON.stringify(created));
+        ids.push(created.message.id);
+      }
+      const listed = await connect("listUsers", { filter: `labels.team = "${team}"` });
+      assert.equal(listed.ok, true, JSON.stringify(listed));
+      assert.deepEqual(listed.message.users.map((u) => u.id).sort(), ids.slice(0, 2).sort());
+      const anonymous = await connect("listUsers", {}, null);
+      assert.equal(anonymous.code, 16, JSON.stringify(anonymous)); // UNAUTHENTICATED
+    });
 });
 
 describe("REST from a page on an allowed origin", () => {
