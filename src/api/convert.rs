@@ -238,6 +238,7 @@ macro_rules! proto_conversions {
                 update_time: Some(timestamp(u.update_time)),
                 delete_time: u.delete_time.map(timestamp),
                 purge_time: u.purge_time.map(timestamp),
+                last_login_time: u.last_login_time.map(timestamp),
                 revision: u.revision,
                 etag: u.etag(),
             }

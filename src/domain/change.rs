@@ -82,6 +82,7 @@ pub fn create(id: Uuid, fields: UserFields, password: PasswordInput, now: DateTi
             update_time: now,
             delete_time: None,
             purge_time: None,
+            last_login_time: None,
             revision: 1,
         },
         password,

@@ -51,7 +51,7 @@ macro_rules! user_field_table {
                 expire_time: Option<DateTime<Utc>>     = ExpireTime,   Message,  Optional, Privileged, None;
             }
             input_only { password = Password }
-            output_only { id, email_verified, state, disabled_reason, revision, create_time, update_time, delete_time, purge_time }
+            output_only { id, email_verified, state, disabled_reason, revision, create_time, update_time, delete_time, purge_time, last_login_time }
             precondition { etag }
         }
     };

@@ -157,6 +157,7 @@ mod tests {
             update_time: chrono::Utc::now(),
             delete_time: None,
             purge_time: None,
+            last_login_time: None,
             revision: 1,
         };
         let ann = user("Ann@example.com", "ann");

@@ -235,6 +235,7 @@ mod tests {
             update_time: now,
             delete_time: None,
             purge_time: None,
+            last_login_time: None,
             revision: 1,
         }
     }

@@ -57,6 +57,8 @@ pub struct User {
     pub update_time: DateTime<Utc>,
     pub delete_time: Option<DateTime<Utc>>,
     pub purge_time: Option<DateTime<Utc>>,
+    /// Set by a successful sign-in check; not part of the etag, since it is no edit.
+    pub last_login_time: Option<DateTime<Utc>>,
     pub revision: i64,
 }
 

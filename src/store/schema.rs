@@ -32,6 +32,7 @@ diesel::table! {
         delete_time -> Nullable<Timestamp>,
         purge_time -> Nullable<Timestamp>,
         revision -> BigInt,
+        last_login_time -> Nullable<Timestamp>,
     }
 }
 

@@ -53,6 +53,7 @@ pub struct UserRow {
     delete_time: Option<NaiveDateTime>,
     purge_time: Option<NaiveDateTime>,
     revision: i64,
+    last_login_time: Option<NaiveDateTime>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -174,6 +175,7 @@ macro_rules! row_conversions {
                     delete_time: user.delete_time.map(naive),
                     purge_time: user.purge_time.map(naive),
                     revision: user.revision,
+                    last_login_time: user.last_login_time.map(naive),
                 })
             }
 
@@ -191,6 +193,7 @@ macro_rules! row_conversions {
                     delete_time,
                     purge_time,
                     revision,
+                    last_login_time,
                 } = self;
                 let fields = UserFields {
                     $($name: Column::from_column($name, stringify!($name))?,)*
@@ -206,6 +209,7 @@ macro_rules! row_conversions {
                     update_time: utc(update_time),
                     delete_time: delete_time.map(utc),
                     purge_time: purge_time.map(utc),
+                    last_login_time: last_login_time.map(utc),
                     revision,
                 };
                 Ok((user, password_hash))
