@@ -16,17 +16,21 @@ use crate::domain::change::{self, PasswordInput, Patch};
 use crate::domain::command::{self, Command, Create, Update, WriteError};
 use crate::domain::error::{Conflict, Error};
 use crate::domain::field_mask::UpdateMask;
+use crate::domain::password;
 use crate::domain::permission::{self, Rpc};
 use crate::domain::query::{self, Lookup, OrderField};
-use crate::domain::user::User;
+use crate::domain::sign_in::{self, LoginKey};
+use crate::domain::user::{User, to_stored_precision};
 use crate::domain::{filter, validate};
 use crate::hash_pool::HashPool;
 use crate::limits::{self, Admission, RateLimiter};
 use crate::metrics::{Metrics, Protocol};
 use crate::pb;
 use crate::pb::user_service_server::UserService;
+use crate::pb::verify_password_request::Login;
 use crate::rpc_status::code_name;
-use crate::store::{Cursor, ListQuery, Store};
+use crate::store::{Cursor, ListQuery, SignInStart, Store};
+use chrono::Utc;
 use convert::{fields_from_proto, revision_to_proto, user_to_proto};
 use page_token::PageToken;
 
@@ -55,6 +59,8 @@ pub struct UserServiceImpl {
     hash_pool: Arc<HashPool>,
     /// The largest message the server sends: list pages stop adding items before passing it.
     max_message_bytes: usize,
+    /// What unknown users' sign-ins are checked against (see `dummy_hash`).
+    dummy_hash: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl UserServiceImpl {
@@ -68,6 +74,7 @@ impl UserServiceImpl {
             conflict_answers: Arc::new(RateLimiter::new(CONFLICT_ANSWERS_PER_SECOND, CONFLICT_ANSWERS)),
             hash_pool,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            dummy_hash: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
 
@@ -491,7 +498,10 @@ impl UserService for UserServiceImpl {
             let id = change::parse_id(&req.id, "id")?;
             permission::authorize(&ctx.caller, Rpc::GetUser, Some(id))?;
             match self.store.get(id).await? {
-                Some(user) => Ok(user_to_proto(&user)),
+                Some(user) => {
+                    permission::check_self_service_access(&ctx.caller, Rpc::GetUser, &user, Utc::now())?;
+                    Ok(user_to_proto(&user))
+                }
                 None => Err(Error::not_found(id)),
             }
         })
@@ -683,6 +693,11 @@ impl UserService for UserServiceImpl {
             let id = change::parse_id(&req.id, "id")?;
             permission::authorize(&ctx.caller, Rpc::ListUserRevisions, Some(id))?;
             let limit = page_size(req.page_size)?;
+            if permission::is_self_service(&ctx.caller, Rpc::ListUserRevisions)
+                && let Some(user) = self.store.get(id).await?
+            {
+                permission::check_self_service_access(&ctx.caller, Rpc::ListUserRevisions, &user, Utc::now())?;
+            }
             let query_hash = page_token::query_hash(&[&req.id]);
             let before = page_token::RevisionToken::decode(&req.page_token, query_hash)?.map(|t| t.before);
             let revisions = self.store.revisions(id, before, limit + 1).await?;
@@ -696,6 +711,68 @@ impl UserService for UserServiceImpl {
             })
         })
         .await
+    }
+
+    async fn verify_password(&self, request: Request<pb::VerifyPasswordRequest>) -> Result<Response<pb::User>, Status> {
+        self.handle("VerifyPassword", request, |ctx, req| async move {
+            permission::authorize(&ctx.caller, Rpc::VerifyPassword, None)?;
+            let key = match req.login {
+                Some(Login::Id(id)) => LoginKey::Id(change::parse_id(&id, "id")?),
+                Some(Login::Email(email)) if !email.is_empty() => LoginKey::Email(email),
+                Some(Login::Username(username)) if !username.is_empty() => LoginKey::Username(username),
+                _ => {
+                    return Err(Error::invalid_field(
+                        "login",
+                        "exactly one of id, email and username is required",
+                    ));
+                }
+            };
+            self.verify_password_of(key, req.password)
+                .await
+                .map(|user| user_to_proto(&user))
+        })
+        .await
+    }
+}
+
+impl UserServiceImpl {
+    /// A hash of a random password at the current cost, which unknown users and users without a password are
+    /// checked against, so that their answer takes as long as a wrong password's. Made once, on the pool.
+    async fn dummy_hash(&self) -> Result<String, Error> {
+        self.dummy_hash
+            .get_or_try_init(|| self.hash_pool.hash(Uuid::new_v4().to_string()))
+            .await
+            .cloned()
+    }
+
+    /// API §9: the attempt is taken before any hash runs; every failed check gets the same answer; the state
+    /// is told only to whoever knows the password.
+    async fn verify_password_of(&self, key: LoginKey, password: String) -> Result<User, Error> {
+        let now = to_stored_precision(Utc::now());
+        let (user, stored_hash) = match self.store.begin_sign_in(key, now).await? {
+            SignInStart::LockedOut(retry_after) => return Err(sign_in::too_many_attempts(retry_after)),
+            SignInStart::Unknown => (None, None),
+            SignInStart::Check { user, hash } => (Some(user), hash),
+        };
+        let checked = match &stored_hash {
+            Some(hash) => hash.clone(),
+            None => self.dummy_hash().await?,
+        };
+        let matches = self.hash_pool.verify(password.clone(), checked).await? && stored_hash.is_some();
+        let (Some(user), Some(stored_hash), true) = (user, stored_hash, matches) else {
+            return Err(sign_in::invalid_credentials());
+        };
+        let rehash = if password::needs_rehash(&stored_hash) {
+            Some((stored_hash, self.hash_pool.hash(password).await?))
+        } else {
+            None
+        };
+        let refused = sign_in::check_can_sign_in(&user, now);
+        let login_time = refused.is_ok().then_some(now);
+        let recorded = self.store.record_sign_in(user.id, login_time, rehash).await?;
+        refused?;
+        // Purged between the check and the record: as unknown as any other missing user.
+        recorded.map(|user| *user).ok_or_else(sign_in::invalid_credentials)
     }
 }
 

@@ -103,6 +103,8 @@ impl Command {
             }
             (Command::Create(c), None) => change::create(c.id, c.fields, c.password, now)?,
             (Command::Update(u), Some(stored)) => {
+                // Decided on the locked row, so a user disabled a moment ago is refused too.
+                permission::check_self_service_access(caller, permission::Rpc::UpdateUser, stored, now)?;
                 if u.observed_revision.is_some_and(|seen| seen != stored.revision) {
                     return Err(Error::EtagMismatch(format!(
                         "user {id} changed while its password was checked; retry"

@@ -11,6 +11,7 @@ pub mod password;
 pub mod permission;
 pub mod query;
 pub mod revision;
+pub mod sign_in;
 pub mod user;
 pub mod validate;
 

@@ -93,6 +93,24 @@ pub fn verify(password: &str, stored_hash: &str, memory: &mut Memory) -> bool {
     Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
+/// Whether a stored hash was made with weaker parameters than the current ones (another algorithm, an older
+/// version, less memory or fewer passes), so a correct password should be hashed again. An unreadable hash is
+/// left alone: it never verifies anyway.
+pub fn needs_rehash(stored_hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(stored_hash) else {
+        return false;
+    };
+    let current = Params::default();
+    let weaker_params = Params::try_from(&parsed)
+        .map(|p| p.m_cost() < current.m_cost() || p.t_cost() < current.t_cost())
+        .unwrap_or(false);
+    let older_version = parsed
+        .version
+        .and_then(|v| Version::try_from(v).ok())
+        .is_none_or(|v| v != Version::V0x13);
+    Algorithm::try_from(parsed.algorithm) != Ok(Algorithm::Argon2id) || older_version || weaker_params
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +154,13 @@ mod tests {
         .expect("hash")
         .to_string();
         assert!(verify("Cheap-Pass1", &cheap, &mut memory));
+        assert!(needs_rehash(&cheap), "less memory and fewer passes than the default");
+        assert!(!needs_rehash(&ours), "made at the current cost");
+        assert!(!needs_rehash(&theirs), "the crate's default is the current cost");
+        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, Params::default())
+            .hash_password(b"Other-Pass1", &salt)
+            .expect("hash")
+            .to_string();
+        assert!(needs_rehash(&argon2i), "another algorithm");
     }
 }

@@ -2,17 +2,21 @@
 //! administrators may write. Pure functions, checked before anything is read, so a refusal never depends on
 //! whether a user exists.
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::caller::Caller;
 use super::error::Error;
 use super::field_mask::UserField;
-use super::user::UserFields;
+use super::sign_in;
+use super::user::{User, UserFields};
 
 /// Every RPC on every user, every field.
 pub const SCOPE_ADMIN: &str = "users.admin";
 /// Read every user.
 pub const SCOPE_READ: &str = "users.read";
+/// Check passwords (VerifyPassword) and nothing else: a login front end's scope.
+pub const SCOPE_AUTHENTICATE: &str = "users.authenticate";
 
 /// The RPCs, as permissions see them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +32,7 @@ pub enum Rpc {
     EnableUser,
     BatchUpdateUsers,
     ListUserRevisions,
+    VerifyPassword,
 }
 
 impl Caller {
@@ -72,11 +77,38 @@ pub fn authorize(caller: &Caller, rpc: Rpc, target: Option<Uuid>) -> Result<(), 
         Rpc::LookupUser | Rpc::ListUsers => reader,
         Rpc::UpdateUser | Rpc::BatchUpdateUsers => own,
         Rpc::CreateUser | Rpc::DeleteUser | Rpc::UndeleteUser | Rpc::DisableUser | Rpc::EnableUser => false,
+        Rpc::VerifyPassword => caller.has_scope(SCOPE_AUTHENTICATE),
     };
     if allowed {
         Ok(())
     } else {
         Err(denied(caller, rpc, target))
+    }
+}
+
+/// Whether `caller` may call `rpc` only because the user is its own (no scope grants it the call), so the
+/// user's state decides too (see [`check_self_service_access`]).
+pub fn is_self_service(caller: &Caller, rpc: Rpc) -> bool {
+    if caller.is_admin() {
+        return false;
+    }
+    let reads = matches!(rpc, Rpc::GetUser | Rpc::ListUserRevisions);
+    !(reads && caller.has_scope(SCOPE_READ))
+}
+
+/// Refuses a self-service call on a user that is disabled, deleted or outside its validity window at `now`: a
+/// token that outlives its user's access grants nothing (API §6). Callers a scope authorizes pass.
+pub fn check_self_service_access(caller: &Caller, rpc: Rpc, user: &User, now: DateTime<Utc>) -> Result<(), Error> {
+    if !is_self_service(caller, rpc) {
+        return Ok(());
+    }
+    match sign_in::access_refusal(user, now) {
+        None => Ok(()),
+        Some((reason, why)) => Err(Error::PermissionDenied {
+            reason,
+            message: format!("{why}: its own token grants no access"),
+            fields: Vec::new(),
+        }),
     }
 }
 
@@ -137,7 +169,7 @@ mod tests {
         }
     }
 
-    const ALL: [Rpc; 11] = [
+    const ALL: [Rpc; 12] = [
         Rpc::CreateUser,
         Rpc::GetUser,
         Rpc::LookupUser,
@@ -149,6 +181,7 @@ mod tests {
         Rpc::EnableUser,
         Rpc::BatchUpdateUsers,
         Rpc::ListUserRevisions,
+        Rpc::VerifyPassword,
     ];
 
     #[test]
@@ -158,7 +191,25 @@ mod tests {
         let admin = caller("ops", &[SCOPE_ADMIN]);
         let reader = caller("auditor", &[SCOPE_READ]);
         let myself = caller(&me.to_string(), &[]);
+        let front_end = caller("login", &[SCOPE_AUTHENTICATE]);
         for rpc in ALL {
+            assert_eq!(
+                authorize(&front_end, rpc, Some(other)).is_ok(),
+                rpc == Rpc::VerifyPassword,
+                "authenticate {rpc:?}"
+            );
+            assert_eq!(
+                authorize(&caller(&other.to_string(), &[SCOPE_AUTHENTICATE]), rpc, Some(other)).is_ok(),
+                matches!(
+                    rpc,
+                    Rpc::VerifyPassword
+                        | Rpc::GetUser
+                        | Rpc::UpdateUser
+                        | Rpc::ListUserRevisions
+                        | Rpc::BatchUpdateUsers
+                ),
+                "authenticate on its own user {rpc:?}"
+            );
             assert!(authorize(&admin, rpc, Some(other)).is_ok(), "{rpc:?}");
             let reads = matches!(
                 rpc,

@@ -25,6 +25,7 @@ use crate::domain::caller::Caller;
 use crate::domain::command::{Command, Refusal, WriteError};
 use crate::domain::error::{Conflict, Error};
 use crate::domain::revision::Revision;
+use crate::domain::sign_in::{self, LoginKey};
 use crate::domain::user::{User, to_stored_precision};
 
 /// How long a call waits for a connection while the database is known to be unreachable.
@@ -58,6 +59,17 @@ pub struct Store {
     writer: Option<GroupWriter>,
     /// SQLite only: connections for reads of one user, run inline on the async thread (see [`Store::read`]).
     inline_readers: Option<r2d2::Pool<ConnectionManager>>,
+}
+
+/// Where a sign-in attempt stands once it is taken.
+#[derive(Debug)]
+pub enum SignInStart {
+    /// No such user: there is nothing to count.
+    Unknown,
+    /// Too many failures: refused without a check, for this long.
+    LockedOut(Duration),
+    /// The attempt is counted; check the password against `hash` (`None`: the user has none).
+    Check { user: Box<User>, hash: Option<String> },
 }
 
 /// Why a transaction ended early.
@@ -292,6 +304,39 @@ impl Store {
                 .map_err(read_error)
         })
         .await
+    }
+
+    /// Takes a sign-in attempt for the user `key` names, atomically, before its password is checked: the
+    /// attempt counts as a failure until [`Store::record_sign_in`] resets it, so concurrent guesses cannot pass
+    /// the limit. A locked-out user gets the time left.
+    pub async fn begin_sign_in(&self, key: LoginKey, now: DateTime<Utc>) -> Result<SignInStart, Error> {
+        self.transact(move |conn| {
+            let Some(((user, hash), attempts)) = users::lock_for_sign_in(conn, &key)? else {
+                return Ok(SignInStart::Unknown);
+            };
+            match sign_in::take_attempt(attempts, now) {
+                Err(retry_after) => Ok(SignInStart::LockedOut(retry_after)),
+                Ok(taken) => {
+                    users::set_attempts(conn, user.id, taken)?;
+                    Ok(SignInStart::Check {
+                        user: Box::new(user),
+                        hash,
+                    })
+                }
+            }
+        })
+        .await
+    }
+
+    /// Records a correct password (see `users::record_sign_in`); `None` when the user is gone.
+    pub async fn record_sign_in(
+        &self,
+        id: Uuid,
+        login_time: Option<DateTime<Utc>>,
+        rehash: Option<(String, String)>,
+    ) -> Result<Option<Box<User>>, Error> {
+        self.transact(move |conn| Ok(users::record_sign_in(conn, id, login_time, rehash)?.map(Box::new)))
+            .await
     }
 
     /// Users whose e-mail or username (compared case-insensitively) is the given one.

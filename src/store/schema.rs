@@ -63,7 +63,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    user_sign_ins (user_id) {
+        user_id -> Text,
+        failed_logins -> Integer,
+        locked_until -> Nullable<Timestamp>,
+    }
+}
+
+diesel::joinable!(user_sign_ins -> users (user_id));
 diesel::joinable!(user_labels -> users (user_id));
 diesel::joinable!(user_roles -> users (user_id));
 diesel::joinable!(user_revisions -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, user_labels, user_roles, user_revisions);
+diesel::allow_tables_to_appear_in_same_query!(users, user_labels, user_roles, user_revisions, user_sign_ins);

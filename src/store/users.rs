@@ -10,13 +10,14 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::connection::{DbConnection, MultiBackend};
-use super::schema::{user_labels, user_revisions, user_roles, users};
+use super::schema::{user_labels, user_revisions, user_roles, user_sign_ins, users};
 use crate::domain::change::PasswordWrite;
 use crate::domain::command::Outcome;
 use crate::domain::field_table::user_field_table;
 use crate::domain::filter::{Condition, Filter, TextField, TextPattern};
 use crate::domain::query::{OrderBy, OrderField};
 use crate::domain::revision::{self, Revision};
+use crate::domain::sign_in::{Attempts, LoginKey};
 use crate::domain::user::{Membership, State, User, UserFields};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
@@ -712,4 +713,98 @@ pub fn list(conn: &mut DbConnection, q: &ListQuery) -> QueryResult<Vec<User>> {
         .into_iter()
         .map(|row| row.into_user().map(|(u, _)| u))
         .collect()
+}
+
+/// The id of the user a sign-in names, if any.
+fn sign_in_id(conn: &mut DbConnection, key: &LoginKey) -> QueryResult<Option<String>> {
+    let query = users::table.select(users::id).into_boxed::<MultiBackend>();
+    let query = match key {
+        LoginKey::Id(id) => query.filter(users::id.eq(id.to_string())),
+        LoginKey::Email(email) => query.filter(users::email_key.eq(email.to_lowercase())),
+        LoginKey::Username(username) => query.filter(users::username.eq(username.to_lowercase())),
+    };
+    query.get_result(conn).optional()
+}
+
+/// Locks the user a sign-in names for the rest of the transaction and reads it with its attempts, so that
+/// concurrent attempts on one user take their turns one after another (PostgreSQL: `FOR UPDATE`; SQLite: the
+/// write lock a no-op UPDATE takes, as in [`lock_all`]).
+pub fn lock_for_sign_in(conn: &mut DbConnection, key: &LoginKey) -> QueryResult<Option<(Stored, Attempts)>> {
+    let Some(id) = sign_in_id(conn, key)? else {
+        return Ok(None);
+    };
+    let row = match conn {
+        DbConnection::Postgres(pg) => users::table
+            .find(&id)
+            .select(UserRow::as_select())
+            .for_update()
+            .get_result(pg)
+            .optional()?,
+        DbConnection::Sqlite(_) => {
+            diesel::update(users::table.find(&id))
+                .set(users::revision.eq(users::revision))
+                .execute(conn)?;
+            find_row(conn, Uuid::try_parse(&id).map_err(|e| corrupt("id", e))?)?
+        }
+    };
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let stored: Option<(i32, Option<NaiveDateTime>)> = user_sign_ins::table
+        .find(&id)
+        .select((user_sign_ins::failed_logins, user_sign_ins::locked_until))
+        .get_result(conn)
+        .optional()?;
+    let attempts = stored.map_or_else(Attempts::default, |(failed, locked_until)| Attempts {
+        failed,
+        locked_until: locked_until.map(utc),
+    });
+    Ok(Some((row.into_user()?, attempts)))
+}
+
+/// Stores a user's attempts; the caller holds the user's lock (see [`lock_for_sign_in`]), so the row cannot
+/// appear between the UPDATE and the INSERT.
+pub fn set_attempts(conn: &mut DbConnection, id: Uuid, attempts: Attempts) -> QueryResult<()> {
+    let key = id.to_string();
+    let locked_until = attempts.locked_until.map(naive);
+    let updated = diesel::update(user_sign_ins::table.find(&key))
+        .set((
+            user_sign_ins::failed_logins.eq(attempts.failed),
+            user_sign_ins::locked_until.eq(locked_until),
+        ))
+        .execute(conn)?;
+    if updated == 0 && attempts != Attempts::default() {
+        diesel::insert_into(user_sign_ins::table)
+            .values((
+                user_sign_ins::user_id.eq(&key),
+                user_sign_ins::failed_logins.eq(attempts.failed),
+                user_sign_ins::locked_until.eq(locked_until),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Records a correct password: the failure count starts over; `login_time` (a full success) becomes the last
+/// sign-in; `rehash` replaces the stored hash only if it is still `old_hash`, so a password changed meanwhile is
+/// not overwritten. None of it is an edit: `revision` and `update_time` (the etag) stay. Returns the user.
+pub fn record_sign_in(
+    conn: &mut DbConnection,
+    id: Uuid,
+    login_time: Option<DateTime<Utc>>,
+    rehash: Option<(String, String)>,
+) -> QueryResult<Option<User>> {
+    let key = id.to_string();
+    set_attempts(conn, id, Attempts::default())?;
+    if let Some(at) = login_time {
+        diesel::update(users::table.find(&key))
+            .set(users::last_login_time.eq(Some(naive(at))))
+            .execute(conn)?;
+    }
+    if let Some((old_hash, new_hash)) = rehash {
+        diesel::update(users::table.find(&key).filter(users::password_hash.eq(old_hash)))
+            .set(users::password_hash.eq(Some(new_hash)))
+            .execute(conn)?;
+    }
+    Ok(find(conn, id)?.map(|(user, _)| user))
 }

@@ -17,5 +17,6 @@ mod reliability;
 mod replicas;
 mod rest;
 mod rpcs;
+mod sign_in;
 mod snapshots;
 mod validation;
