@@ -16,6 +16,8 @@ backend_tests!(
     state_is_told_only_after_a_correct_password,
     only_admin_and_authenticate_may_verify,
     self_service_ends_with_the_user_s_access,
+    rest_verifies_with_the_same_rules,
+    a_weaker_hash_is_rehashed_on_success,
 );
 
 const PASSWORD: &str = "Right-Pass1";
@@ -419,4 +421,104 @@ async fn self_service_ends_with_the_user_s_access(app: TestApp) {
         .get_user(pb::GetUserRequest { id })
         .await
         .expect("users.read reads a deleted user");
+}
+
+async fn rest_verifies_with_the_same_rules(app: TestApp) {
+    use http::{Method, StatusCode};
+    use serde_json::json;
+    let mut c = app.client.clone();
+    let ann = member(&mut c, "ann").await;
+    let http = crate::http::HttpClient::with_token(app.addr, Some(token("login", &["users.authenticate"])));
+    let ok = http
+        .rest(
+            Method::POST,
+            "/v1/users:verifyPassword",
+            Some(json!({"email": "ann@example.com", "password": PASSWORD})),
+            &[],
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    let body = ok.json();
+    assert_eq!(body["id"], ann.id.as_str());
+    assert!(body["lastLoginTime"].is_string(), "{body}");
+    assert!(body.get("password").is_none());
+    let wrong = http
+        .rest(
+            Method::POST,
+            "/v1/users:verifyPassword",
+            Some(json!({"username": "ann", "password": "Wrong-Pass1"})),
+            &[],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    let error = wrong.json();
+    assert_eq!(error["error"]["details"][0]["reason"], "INVALID_CREDENTIALS", "{error}");
+    // Two members of the oneof: refused, never one of them picked silently.
+    let both = http
+        .rest(
+            Method::POST,
+            "/v1/users:verifyPassword",
+            Some(json!({"id": ann.id, "email": "ann@example.com", "password": PASSWORD})),
+            &[],
+        )
+        .await;
+    assert_eq!(both.status, StatusCode::BAD_REQUEST, "{:?}", both.body);
+}
+
+/// Runs one statement on the server's database, beside it; returns the rows it changed.
+fn execute(app: &TestApp, statement: &str) -> usize {
+    use diesel::{Connection, RunQueryDsl};
+    match app.database_url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let mut conn = diesel::SqliteConnection::establish(path).expect("open the database file");
+            diesel::sql_query(statement).execute(&mut conn).expect("statement")
+        }
+        None => {
+            let mut conn = diesel::PgConnection::establish(&app.database_url).expect("connect");
+            diesel::sql_query(statement).execute(&mut conn).expect("statement")
+        }
+    }
+}
+
+async fn a_weaker_hash_is_rehashed_on_success(app: TestApp) {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let mut c = app.client.clone();
+    let ann = member(&mut c, "ann").await;
+    // A hash stored by an older release with a lower cost.
+    let weak = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(1024, 1, 1, None).expect("params"),
+    )
+    .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
+    .expect("hash")
+    .to_string();
+    let id = &ann.id;
+    assert_eq!(
+        execute(
+            &app,
+            &format!("UPDATE users SET password_hash = '{weak}' WHERE id = '{id}'")
+        ),
+        1
+    );
+    let current = "'$argon2id$v=19$m=19456,t=2,p=1$%'";
+    let at_current_cost =
+        format!("UPDATE users SET revision = revision WHERE id = '{id}' AND password_hash LIKE {current}");
+    assert_eq!(execute(&app, &at_current_cost), 0, "the weak hash is stored");
+    verify(&mut c, Login::Id(id.clone()), "Wrong-Pass1")
+        .await
+        .expect_err("wrong");
+    assert_eq!(execute(&app, &at_current_cost), 0, "a wrong password re-hashes nothing");
+    verify(&mut c, Login::Id(id.clone()), PASSWORD)
+        .await
+        .expect("the weak hash still verifies");
+    assert_eq!(execute(&app, &at_current_cost), 1, "re-hashed at the current cost");
+    let signed_in = verify(&mut c, Login::Id(id.clone()), PASSWORD)
+        .await
+        .expect("the new hash verifies");
+    assert_eq!(
+        (signed_in.revision, &signed_in.etag),
+        (ann.revision, &ann.etag),
+        "not an edit"
+    );
 }
