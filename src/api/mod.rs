@@ -748,6 +748,9 @@ impl UserServiceImpl {
     /// API §9: the attempt is taken before any hash runs; every failed check gets the same answer; the state
     /// is told only to whoever knows the password.
     async fn verify_password_of(&self, key: LoginKey, password: String) -> Result<User, Error> {
+        // Made before the user is looked up, so the first call of a process takes as long whether or not the
+        // user exists.
+        let dummy = self.dummy_hash().await?;
         let now = to_stored_precision(Utc::now());
         let (user, stored_hash) = match self.store.begin_sign_in(key, now).await? {
             SignInStart::LockedOut(retry_after) => return Err(sign_in::too_many_attempts(retry_after)),
@@ -756,7 +759,7 @@ impl UserServiceImpl {
         };
         let checked = match &stored_hash {
             Some(hash) => hash.clone(),
-            None => self.dummy_hash().await?,
+            None => dummy,
         };
         let matches = self.hash_pool.verify(password.clone(), checked).await? && stored_hash.is_some();
         let (Some(user), Some(stored_hash), true) = (user, stored_hash, matches) else {
