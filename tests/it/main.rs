@@ -19,3 +19,4 @@ mod rest;
 mod rpcs;
 mod snapshots;
 mod validation;
+mod wal;
