@@ -7,11 +7,17 @@
 //! no reader still needs without blocking anyone, and lets the next commit start the log from its beginning,
 //! which keeps the file bounded. Readers that always overlap can keep a PASSIVE checkpoint from finishing; when
 //! the log file grows past [`TRUNCATE_ABOVE`] a TRUNCATE checkpoint waits (briefly) for them and empties it.
+//!
+//! SQLite starts the log over only when a write begins with every frame already copied; a checkpoint running
+//! beside a busy writer never sees that moment (the writer has always appended more), so the log would only
+//! grow. Each checkpoint therefore runs in two steps: a PASSIVE one beside the writer copies the bulk, then a
+//! second one copies the few frames written meanwhile while the writer waits between two batches, so its next
+//! batch starts the log over.
 //! Durability is unchanged: a checkpoint only copies committed pages; the commits themselves sync as configured.
 
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use diesel::RunQueryDsl;
@@ -42,7 +48,12 @@ struct Outcome {
 
 /// Starts the checkpoint thread for the SQLite file at `path`. It ends once `stats` is gone, which is when the
 /// writer has stopped.
-pub fn start(path: PathBuf, sqlite_sync: SqliteSync, stats: Weak<WriteStats>) -> std::io::Result<()> {
+pub fn start(
+    path: PathBuf,
+    sqlite_sync: SqliteSync,
+    stats: Weak<WriteStats>,
+    hold: Arc<Mutex<()>>,
+) -> std::io::Result<()> {
     let manager = ConnectionManager {
         target: DatabaseTarget::Sqlite(path.clone()),
         sqlite_sync,
@@ -53,15 +64,17 @@ pub fn start(path: PathBuf, sqlite_sync: SqliteSync, stats: Weak<WriteStats>) ->
     let wal = PathBuf::from(wal);
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
-        .spawn(move || run(&manager, &wal, &stats))?;
+        .spawn(move || run(&manager, &wal, &stats, &hold))?;
     Ok(())
 }
 
-fn run(manager: &ConnectionManager, wal: &Path, stats: &Weak<WriteStats>) {
+fn run(manager: &ConnectionManager, wal: &Path, stats: &Weak<WriteStats>, hold: &Mutex<()>) {
     let mut conn: Option<DbConnection> = None;
     let mut seen = 0;
     // After a checkpoint that could not finish, the next turn tries again even without new commits.
     let mut pending = false;
+    // A failure is logged once until a checkpoint succeeds again: a full disk would otherwise log every turn.
+    let mut failing = false;
     loop {
         std::thread::sleep(INTERVAL);
         let Some(stats) = stats.upgrade() else { return };
@@ -76,7 +89,10 @@ fn run(manager: &ConnectionManager, wal: &Path, stats: &Weak<WriteStats>) {
             None => match manager.establish() {
                 Ok(db) => conn.insert(db),
                 Err(e) => {
-                    tracing::warn!(error = %e, "opening the checkpoint connection failed; retrying");
+                    if !failing {
+                        tracing::warn!(error = %e, "opening the checkpoint connection failed; retrying");
+                    }
+                    failing = true;
                     pending = true;
                     continue;
                 }
@@ -84,10 +100,30 @@ fn run(manager: &ConnectionManager, wal: &Path, stats: &Weak<WriteStats>) {
         };
         let large = std::fs::metadata(wal).is_ok_and(|m| m.len() > TRUNCATE_ABOVE);
         let mode = if large { "TRUNCATE" } else { "PASSIVE" };
-        match diesel::sql_query(format!("PRAGMA wal_checkpoint({mode})")).get_result::<Outcome>(db) {
-            Ok(outcome) => pending = outcome.busy != 0 || outcome.checkpointed < outcome.log,
+        let checkpoint = |db: &mut DbConnection| {
+            diesel::sql_query(format!("PRAGMA wal_checkpoint({mode})")).get_result::<Outcome>(db)
+        };
+        let done = checkpoint(db).and_then(|first| {
+            if first.busy != 0 || first.log == 0 {
+                return Ok(first);
+            }
+            // The tail, with the writer stopped between batches: see the module comment.
+            let _writer = hold.lock().unwrap_or_else(|p| p.into_inner());
+            checkpoint(db)
+        });
+        match done {
+            Ok(outcome) => {
+                if failing {
+                    tracing::info!("WAL checkpoints work again");
+                }
+                failing = false;
+                pending = outcome.busy != 0 || outcome.checkpointed < outcome.log;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, mode, "WAL checkpoint failed; retrying");
+                if !failing {
+                    tracing::warn!(error = %e, mode, "WAL checkpoint failed; retrying");
+                }
+                failing = true;
                 pending = true;
                 // A connection in a bad state is replaced at the next turn.
                 conn = None;

@@ -155,8 +155,13 @@ impl Store {
             None
         };
         if let (Some(writer), DatabaseTarget::Sqlite(path)) = (&writer, &target) {
-            checkpoint::start(path.clone(), options.sqlite_sync, Arc::downgrade(&writer.stats))
-                .map_err(|e| anyhow::anyhow!("starting the checkpoint thread: {e}"))?;
+            checkpoint::start(
+                path.clone(),
+                options.sqlite_sync,
+                Arc::downgrade(&writer.stats),
+                writer.hold_lock(),
+            )
+            .map_err(|e| anyhow::anyhow!("starting the checkpoint thread: {e}"))?;
         }
         Ok(Store {
             pool,
