@@ -12,6 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde::{Deserialize, Serialize};
 
 use crate::domain::caller::{Caller, shown};
+use crate::token_cache::TokenCache;
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECONDS: u64 = 30;
@@ -79,6 +80,8 @@ pub struct Verifier {
     keys: HashMap<String, (DecodingKey, Algorithm)>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Tokens verified before: a hit skips the signature check, never the `exp`/`nbf` check.
+    cache: TokenCache,
 }
 
 /// Signs development tokens with the HS256 secret.
@@ -211,12 +214,30 @@ impl Verifier {
             keys,
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
+            cache: TokenCache::new(LEEWAY_SECONDS),
         };
         Ok((verifier, signer, generated))
     }
 
-    /// Checks a token and returns who it names.
+    /// Checks a token and returns who it names. A token verified before is answered from the cache while its
+    /// `exp` and `nbf` still allow it; one outside them is verified again, which gives the refusal's reason.
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Some(caller) = self.cache.get(token, now) {
+            return Ok(caller);
+        }
+        let (caller, exp, nbf) = self.verify_signature(token)?;
+        self.cache.insert(token, &caller, exp, nbf);
+        Ok(caller)
+    }
+
+    /// (entries, bytes) in the verified-token cache.
+    pub fn cached(&self) -> (usize, usize) {
+        self.cache.size()
+    }
+
+    /// The full check: header, key, signature and claims; returns the caller with the token's `exp` and `nbf`.
+    fn verify_signature(&self, token: &str) -> Result<(Caller, u64, Option<u64>), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| AuthError("the bearer token is not a JWT".into()))?;
         // The service implements no JWS extension, so any `crit` list names one it does not understand; such a
@@ -294,7 +315,7 @@ impl Verifier {
         if data.claims.sub.is_empty() {
             return Err(AuthError("the token's sub is empty".into()));
         }
-        Ok(Caller {
+        let caller = Caller {
             subject: data.claims.sub,
             // Scope tokens are separated by ASCII space alone (RFC 6749 §3.3): a token holding any other
             // whitespace (U+00A0, TAB, LF …) is one unknown scope, not two known ones.
@@ -305,7 +326,8 @@ impl Verifier {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect(),
-        })
+        };
+        Ok((caller, data.claims.exp, data.claims.nbf))
     }
 }
 
@@ -396,6 +418,53 @@ mod tests {
         let caller = verifier.verify(&token).expect("valid");
         assert_eq!(caller.subject, "u1");
         assert_eq!(caller.scopes, vec!["users.read", "x"]);
+    }
+
+    #[test]
+    fn a_cached_token_is_never_a_hit_for_a_token_signed_with_another_key() {
+        let (verifier, signer, _) = Verifier::from_config(&config(Some(SECRET))).expect("config");
+        let (_, other, _) =
+            Verifier::from_config(&config(Some("another-unit-test-secret-of-32-bytes"))).expect("config");
+        // The same claims (same second) under two keys: the tokens differ only in their signatures.
+        let claims = serde_json::json!({"sub": "ops", "exp": now() + 60, "scope": "users.admin"});
+        let good = forge(&Header::default(), &claims, SECRET);
+        let bad = forge(&Header::default(), &claims, "another-unit-test-secret-of-32-bytes");
+        assert_eq!(good.rsplit_once('.').map(|p| p.0), bad.rsplit_once('.').map(|p| p.0));
+        for _ in 0..3 {
+            assert_eq!(verifier.verify(&good).expect("valid").subject, "ops");
+            assert_eq!(
+                verifier.verify(&bad),
+                Err(AuthError("the token's signature does not verify".into()))
+            );
+        }
+        assert_eq!(verifier.cached().0, 1, "the refused token is not cached");
+        let signed = other
+            .expect("signer")
+            .sign("ops", &[], Duration::from_secs(60))
+            .expect("sign");
+        assert!(verifier.verify(&signed).is_err());
+        drop(signer);
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_expired() {
+        let (verifier, _, _) = Verifier::from_config(&config(Some(SECRET))).expect("config");
+        // Expired one second from now, counting the leeway: accepted (and cached) at first, refused later.
+        loop {
+            let exp = now() - LEEWAY_SECONDS + 1;
+            let claims = serde_json::json!({"sub": "ops", "exp": exp});
+            let token = forge(&Header::default(), &claims, SECRET);
+            let Ok(caller) = verifier.verify(&token) else {
+                continue; // the second turned between minting and checking: mint again
+            };
+            assert_eq!(caller.subject, "ops");
+            assert_eq!(verifier.verify(&token), Ok(caller), "a hit while still valid");
+            while now() <= exp + LEEWAY_SECONDS + 1 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert_eq!(verifier.verify(&token), Err(AuthError("the token has expired".into())));
+            break;
+        }
     }
 
     #[test]

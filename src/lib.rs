@@ -15,6 +15,7 @@ pub mod rest_dispatch;
 pub mod rpc_status;
 pub mod server;
 pub mod store;
+pub mod token_cache;
 pub mod transcode;
 
 pub use server::{App, app, serve};

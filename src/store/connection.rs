@@ -94,8 +94,12 @@ impl ConnectionManager {
                         Err(e) => return Err(ConnectionError::BadConnection(e.to_string())),
                     }
                 }
-                conn.batch_execute(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"))
-                    .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+                // No automatic checkpoint: it would run inside a commit (the writer's, holding its whole batch);
+                // the store's checkpoint thread does it instead (`checkpoint.rs`).
+                conn.batch_execute(&format!(
+                    "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;"
+                ))
+                .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
                 Ok(DbConnection::Sqlite(conn))
             }
         }

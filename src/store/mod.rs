@@ -1,6 +1,7 @@
 //! Storage: the connection pool, blocking-pool execution, transactions and the mapping of database errors
 //! to domain errors. SQL itself lives in `users`.
 
+mod checkpoint;
 mod connection;
 mod schema;
 mod users;
@@ -141,7 +142,7 @@ impl Store {
         let reachable = Arc::new(AtomicBool::new(true));
         let inline_readers = if is_sqlite {
             let manager = ConnectionManager {
-                target,
+                target: target.clone(),
                 sqlite_sync: options.sqlite_sync,
                 // Never wait for a lock on the async thread: a busy database sends the read to the blocking pool.
                 busy_timeout: Duration::ZERO,
@@ -165,6 +166,15 @@ impl Store {
         } else {
             None
         };
+        if let (Some(writer), DatabaseTarget::Sqlite(path)) = (&writer, &target) {
+            checkpoint::start(
+                path.clone(),
+                options.sqlite_sync,
+                Arc::downgrade(&writer.stats),
+                writer.hold_lock(),
+            )
+            .map_err(|e| anyhow::anyhow!("starting the checkpoint thread: {e}"))?;
+        }
         Ok(Store {
             pool,
             reachable,

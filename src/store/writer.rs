@@ -106,6 +106,12 @@ impl GroupWriter {
         self.hold.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The lock the writer holds while it applies a batch, for the checkpoint thread (which must not keep the
+    /// writer alive, so it cannot hold a `GroupWriter`).
+    pub fn hold_lock(&self) -> Arc<std::sync::Mutex<()>> {
+        self.hold.clone()
+    }
+
     /// Writes waiting in the queue (not counting a batch being applied).
     pub fn queued(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()

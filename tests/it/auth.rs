@@ -928,6 +928,46 @@ async fn a_crit_header_is_refused() {
     assert!(status.message().contains("crit"), "{}", status.message());
 }
 
+/// The gate remembers verified tokens; a remembered token must still stop working at its `exp` (plus the
+/// leeway), on the same connection that had it accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_accepted_before_is_refused_once_expired() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    let leeway = user_service::auth::LEEWAY_SECONDS;
+    let now = || SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    // A token two seconds from expiry (counting the leeway). Should the clock pass it before the first call
+    // lands, a new one is minted: the first acceptance is what puts the token in the cache.
+    let mut attempts = 0;
+    let (exp, mut grpc, http) = loop {
+        attempts += 1;
+        assert!(attempts <= 10, "a fresh token was never accepted");
+        let exp = now() + 2 - leeway;
+        let token = forge(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": "ops", "exp": exp, "scope": "users.admin"}),
+        );
+        let mut grpc = app.client_with(Some(token.clone())).await;
+        if grpc.list_users(pb::ListUsersRequest::default()).await.is_err() {
+            continue;
+        }
+        let http = HttpClient::with_token(app.addr, Some(token));
+        if http.rest(Method::GET, "/v1/users", None, &[]).await.status == StatusCode::OK {
+            break (exp, grpc, http);
+        }
+    };
+    while now() <= exp + leeway + 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status = expect_code(
+        grpc.list_users(pb::ListUsersRequest::default()).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(status.message(), "the token has expired");
+    let response = http.rest(Method::GET, "/v1/users", None, &[]).await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(response.json()["error"]["message"], "the token has expired");
+}
+
 /// Signs claims with one of the test key pairs of tests/fixtures.
 pub(crate) fn sign_with_fixture(
     algorithm: jsonwebtoken::Algorithm,

@@ -20,3 +20,4 @@ mod rpcs;
 mod sign_in;
 mod snapshots;
 mod validation;
+mod wal;

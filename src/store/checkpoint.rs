@@ -1,0 +1,133 @@
+//! SQLite WAL checkpoints, run by a thread of their own on a connection of their own, so the writer's commits
+//! never pay for copying the log back into the database file.
+//!
+//! SQLite's automatic checkpoint runs inside the commit that crosses its threshold: that commit, and every
+//! write waiting in its batch, waits for the copy and its fsync. Every connection of the store turns the
+//! automatic checkpoint off (`connection.rs`); this thread checkpoints instead. A PASSIVE checkpoint copies what
+//! no reader still needs without blocking anyone, and lets the next commit start the log from its beginning,
+//! which keeps the file bounded. Readers that always overlap can keep a PASSIVE checkpoint from finishing; when
+//! the log file grows past [`TRUNCATE_ABOVE`] a TRUNCATE checkpoint waits (briefly) for them and empties it.
+//!
+//! SQLite starts the log over only when a write begins with every frame already copied; a checkpoint running
+//! beside a busy writer never sees that moment (the writer has always appended more), so the log would only
+//! grow. Each checkpoint therefore runs in two steps: a PASSIVE one beside the writer copies the bulk, then a
+//! second one copies the few frames written meanwhile while the writer waits between two batches, so its next
+//! batch starts the log over.
+//! Durability is unchanged: a checkpoint only copies committed pages; the commits themselves sync as configured.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use diesel::RunQueryDsl;
+use diesel::sql_types::Integer;
+
+use super::connection::{ConnectionManager, DatabaseTarget, DbConnection, SqliteSync};
+use super::writer::WriteStats;
+
+/// How often the thread looks for new commits to checkpoint.
+pub const INTERVAL: Duration = Duration::from_millis(100);
+/// A log file larger than this is emptied (TRUNCATE) rather than only copied back (PASSIVE).
+pub const TRUNCATE_ABOVE: u64 = 16 << 20;
+/// How long a TRUNCATE checkpoint waits for readers and the writer; it blocks new writes while it waits, so it
+/// gives up soon and tries again at the next turn.
+const TRUNCATE_WAIT: Duration = Duration::from_millis(100);
+
+#[derive(diesel::QueryableByName)]
+struct Outcome {
+    /// 1 when the checkpoint could not finish (a reader or the writer was in the way).
+    #[diesel(sql_type = Integer)]
+    busy: i32,
+    /// Frames in the log, and how many of them are now in the database file.
+    #[diesel(sql_type = Integer)]
+    log: i32,
+    #[diesel(sql_type = Integer)]
+    checkpointed: i32,
+}
+
+/// Starts the checkpoint thread for the SQLite file at `path`. It ends once `stats` is gone, which is when the
+/// writer has stopped.
+pub fn start(
+    path: PathBuf,
+    sqlite_sync: SqliteSync,
+    stats: Weak<WriteStats>,
+    hold: Arc<Mutex<()>>,
+) -> std::io::Result<()> {
+    let manager = ConnectionManager {
+        target: DatabaseTarget::Sqlite(path.clone()),
+        sqlite_sync,
+        busy_timeout: TRUNCATE_WAIT,
+    };
+    let mut wal = path.into_os_string();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || run(&manager, &wal, &stats, &hold))?;
+    Ok(())
+}
+
+fn run(manager: &ConnectionManager, wal: &Path, stats: &Weak<WriteStats>, hold: &Mutex<()>) {
+    let mut conn: Option<DbConnection> = None;
+    let mut seen = 0;
+    // After a checkpoint that could not finish, the next turn tries again even without new commits.
+    let mut pending = false;
+    // A failure is logged once until a checkpoint succeeds again: a full disk would otherwise log every turn.
+    let mut failing = false;
+    loop {
+        std::thread::sleep(INTERVAL);
+        let Some(stats) = stats.upgrade() else { return };
+        let batches = stats.batches.load(Ordering::Relaxed);
+        drop(stats);
+        if batches == seen && !pending {
+            continue;
+        }
+        seen = batches;
+        let db = match conn.as_mut() {
+            Some(db) => db,
+            None => match manager.establish() {
+                Ok(db) => conn.insert(db),
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "opening the checkpoint connection failed; retrying");
+                    }
+                    failing = true;
+                    pending = true;
+                    continue;
+                }
+            },
+        };
+        let large = std::fs::metadata(wal).is_ok_and(|m| m.len() > TRUNCATE_ABOVE);
+        let mode = if large { "TRUNCATE" } else { "PASSIVE" };
+        let checkpoint = |db: &mut DbConnection| {
+            diesel::sql_query(format!("PRAGMA wal_checkpoint({mode})")).get_result::<Outcome>(db)
+        };
+        let done = checkpoint(db).and_then(|first| {
+            if first.busy != 0 || first.log == 0 {
+                return Ok(first);
+            }
+            // The tail, with the writer stopped between batches: see the module comment.
+            let _writer = hold.lock().unwrap_or_else(|p| p.into_inner());
+            checkpoint(db)
+        });
+        match done {
+            Ok(outcome) => {
+                if failing {
+                    tracing::info!("WAL checkpoints work again");
+                }
+                failing = false;
+                pending = outcome.busy != 0 || outcome.checkpointed < outcome.log;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, mode, "WAL checkpoint failed; retrying");
+                }
+                failing = true;
+                pending = true;
+                // A connection in a bad state is replaced at the next turn.
+                conn = None;
+            }
+        }
+    }
+}
