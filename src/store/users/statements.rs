@@ -1,0 +1,187 @@
+//! The hot write statements of a user (the full-row INSERT and UPDATE, the SQLite write lock, the revision
+//! INSERT) as fixed SQL that each connection prepares once.
+//!
+//! diesel never caches the statements its `insert_into(..).values(row)` and `update(..).set(row)` build (they
+//! mark themselves unsafe to cache), nor `sql_query`, so PostgreSQL parsed and planned, and SQLite compiled, each
+//! of them on every write. These types render the same SQL text every time and declare a static query id, so
+//! diesel's statement cache keys them by type: no re-rendering to look them up, no re-preparing. They must be
+//! run on the backend's own connection (see `on_backend!` in `users`), not through the multi-backend
+//! connection, whose wrapper has no static query id.
+
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::result::QueryResult;
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
+use diesel::sqlite::Sqlite;
+
+use super::{RevisionRow, UserRow};
+
+/// Calls `$callback!([$args] <every column of `users` but `id`: its SQL type>)`, in the order the INSERT and
+/// UPDATE write them. A column of `UserRow` missing here fails the build (`every_column_listed`).
+macro_rules! user_columns {
+    ($callback:ident [$($arg:ident),*]) => {
+        $callback! {
+            [$($arg),*]
+            username: Nullable<Text>,
+            email: Text,
+            email_key: Text,
+            email_verified: Bool,
+            given_name: Text,
+            family_name: Text,
+            phone_number: Text,
+            national_id: Text,
+            address: Text,
+            birth_date: Text,
+            language_code: Text,
+            region_code: Text,
+            time_zone: Text,
+            image_uri: Text,
+            description: Text,
+            disabled: Bool,
+            disabled_reason: Text,
+            labels: Text,
+            roles: Text,
+            memberships: Text,
+            attributes: Nullable<Text>,
+            valid_from: Nullable<Timestamp>,
+            expire_time: Nullable<Timestamp>,
+            password_hash: Nullable<Text>,
+            create_time: Timestamp,
+            update_time: Timestamp,
+            delete_time: Nullable<Timestamp>,
+            purge_time: Nullable<Timestamp>,
+            revision: BigInt,
+            last_login_time: Nullable<Timestamp>,
+        }
+    };
+}
+
+/// Declares `$name` as a statement with a static query id, implemented for both backends by `$body`
+/// (`|self_, out| …`), which pushes the SQL and binds.
+macro_rules! fixed_statement {
+    ($(#[$doc:meta])* $name:ident<$lt:lifetime>($field:ty), |$this:ident, $out:ident| $body:block) => {
+        $(#[$doc])*
+        pub struct $name<$lt>(pub $field);
+
+        impl QueryId for $name<'_> {
+            type QueryId = $name<'static>;
+            const HAS_STATIC_QUERY_ID: bool = true;
+        }
+
+        impl<Conn> diesel::RunQueryDsl<Conn> for $name<'_> {}
+
+        impl QueryFragment<Pg> for $name<'_> {
+            fn walk_ast<'b>(&'b self, mut $out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+                let $this = self;
+                $body
+                Ok(())
+            }
+        }
+
+        impl QueryFragment<Sqlite> for $name<'_> {
+            fn walk_ast<'b>(&'b self, mut $out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+                let $this = self;
+                $body
+                Ok(())
+            }
+        }
+    };
+}
+
+/// Pushes `<column> = <bind>, …` (UPDATE) for every column from `$row`.
+macro_rules! push_assignments {
+    ([$out:ident, $row:ident] $first:ident: $first_ty:ty $(, $column:ident: $ty:ty)* $(,)?) => {
+        $out.push_sql(concat!(stringify!($first), " = "));
+        $out.push_bind_param::<$first_ty, _>(&$row.$first)?;
+        $(
+            $out.push_sql(concat!(", ", stringify!($column), " = "));
+            $out.push_bind_param::<$ty, _>(&$row.$column)?;
+        )*
+    };
+}
+
+/// Pushes `, <column>` for every column (the INSERT's column list).
+macro_rules! push_names {
+    ([$out:ident] $($column:ident: $ty:ty),* $(,)?) => {
+        $( $out.push_sql(concat!(", ", stringify!($column))); )*
+    };
+}
+
+/// Pushes `, <bind>` for every column from `$row` (the INSERT's values).
+macro_rules! push_values {
+    ([$out:ident, $row:ident] $($column:ident: $ty:ty),* $(,)?) => {
+        $(
+            $out.push_sql(", ");
+            $out.push_bind_param::<$ty, _>(&$row.$column)?;
+        )*
+    };
+}
+
+/// Fails the build when `UserRow` has a column `user_columns!` does not list.
+macro_rules! check_row_columns {
+    ([] $($column:ident: $ty:ty),* $(,)?) => {
+        #[allow(dead_code)]
+        fn every_column_listed(row: &UserRow) {
+            let UserRow { id: _, $($column: _),* } = row;
+        }
+    };
+}
+user_columns!(check_row_columns []);
+
+fixed_statement! {
+    /// `INSERT` of a whole new user row.
+    InsertUser<'a>(&'a UserRow), |this, out| {
+        let row = this.0;
+        out.push_sql("INSERT INTO users (id");
+        user_columns!(push_names [out]);
+        out.push_sql(") VALUES (");
+        out.push_bind_param::<Text, _>(&row.id)?;
+        user_columns!(push_values [out, row]);
+        out.push_sql(")");
+    }
+}
+
+fixed_statement! {
+    /// `UPDATE` of every column of a user's row from the row the write decided on.
+    UpdateUser<'a>(&'a UserRow), |this, out| {
+        let row = this.0;
+        out.push_sql("UPDATE users SET ");
+        user_columns!(push_assignments [out, row]);
+        out.push_sql(" WHERE id = ");
+        out.push_bind_param::<Text, _>(&row.id)?;
+    }
+}
+
+fixed_statement! {
+    /// SQLite: a no-op `UPDATE` of a user's row that takes the database's write lock before the row is read (see
+    /// `lock_all`).
+    TouchUser<'a>(&'a str), |this, out| {
+        out.push_sql("UPDATE users SET revision = revision WHERE id = ");
+        out.push_bind_param::<Text, _>(this.0)?;
+    }
+}
+
+fixed_statement! {
+    /// The `INSERT` of one revision record. Columns with a default may be added to the table without changing it.
+    InsertRevision<'a>(&'a RevisionRow), |this, out| {
+        let row = this.0;
+        out.push_sql(
+            "INSERT INTO user_revisions (user_id, revision, actor, update_mask, create_time, before_values, \
+             after_values) VALUES (",
+        );
+        out.push_bind_param::<Text, _>(&row.user_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&row.revision)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.actor)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.update_mask)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamp, _>(&row.create_time)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.before_values)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.after_values)?;
+        out.push_sql(")");
+    }
+}
