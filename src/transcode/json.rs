@@ -438,8 +438,13 @@ impl Serialize for RestJson<'_> {
         use serde::ser::SerializeMap;
         let message = self.0;
         let descriptor = message.descriptor();
-        // Well-known types have JSON forms of their own, which prost-reflect writes.
+        // Well-known types have JSON forms of their own, which prost-reflect writes; all but timestamps, the
+        // most frequent by far (several per user), which it writes by re-encoding the message and decoding it
+        // into a `prost_types::Timestamp` (half the JSON writing of a page of users).
         if is_well_known(&descriptor) {
+            if descriptor.full_name() == "google.protobuf.Timestamp" {
+                return timestamp_json(message, serializer);
+            }
             return message.serialize_with_options(serializer, &serialize_options());
         }
         let plan = plan(&descriptor);
@@ -460,6 +465,28 @@ impl Serialize for RestJson<'_> {
         }
         map.end()
     }
+}
+
+/// The seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range RFC 3339 can write (and
+/// prost-reflect accepts).
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A `google.protobuf.Timestamp` in RFC 3339, as prost-reflect writes it (the same `prost_types` formatting),
+/// read from the message's two fields directly.
+fn timestamp_json<S: serde::Serializer>(message: &DynamicMessage, serializer: S) -> Result<S::Ok, S::Error> {
+    let field = |number: u32| message.get_field_by_number(number);
+    let seconds = field(1)
+        .as_deref()
+        .and_then(prost_reflect::Value::as_i64)
+        .unwrap_or_default();
+    let nanos = field(2)
+        .as_deref()
+        .and_then(prost_reflect::Value::as_i32)
+        .unwrap_or_default();
+    if !TIMESTAMP_SECONDS.contains(&seconds) {
+        return Err(serde::ser::Error::custom("timestamp out of range"));
+    }
+    serializer.collect_str(&prost_types::Timestamp { seconds, nanos })
 }
 
 /// A field mask message as its paths joined by commas.
@@ -880,6 +907,49 @@ mod tests {
         assert_eq!(json_path("attributes.camelKey"), "attributes.camelKey");
         assert_eq!(json_path("labels.a_1__b_"), "labels.a1B");
         assert!(!json_path("`odd_key`.x_y").contains('_'));
+    }
+
+    #[test]
+    fn timestamps_are_written_as_prost_reflect_writes_them() {
+        let pool = prost_reflect::DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let descriptor = pool
+            .get_message_by_name("google.protobuf.Timestamp")
+            .expect("the service's messages use timestamps");
+        let cases = [
+            (0, 0),
+            (1_764_547_200, 0),
+            (1_764_547_200, 500_000_000),
+            (1_764_547_200, 123_456_000),
+            (1_764_547_200, 1),
+            (-62_135_596_800, 0),
+            (253_402_300_799, 999_999_999),
+            (-1, 999_999_999),
+        ];
+        for (seconds, nanos) in cases {
+            let mut message = DynamicMessage::new(descriptor.clone());
+            message.set_field_by_number(1, prost_reflect::Value::I64(seconds));
+            message.set_field_by_number(2, prost_reflect::Value::I32(nanos));
+            let ours = serde_json::to_string(&RestJson(&message)).expect("in range");
+            let theirs = serde_json::to_string(&SerializeWrapperFor(&message)).expect("in range");
+            assert_eq!(ours, theirs, "{seconds}.{nanos}");
+        }
+        for seconds in [-62_135_596_801, 253_402_300_800] {
+            let mut message = DynamicMessage::new(descriptor.clone());
+            message.set_field_by_number(1, prost_reflect::Value::I64(seconds));
+            assert!(
+                serde_json::to_string(&RestJson(&message)).is_err(),
+                "{seconds} is out of range"
+            );
+        }
+    }
+
+    /// prost-reflect's own proto3 JSON of a message, to compare with.
+    struct SerializeWrapperFor<'a>(&'a DynamicMessage);
+
+    impl Serialize for SerializeWrapperFor<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            self.0.serialize_with_options(serializer, &serialize_options())
+        }
     }
 
     #[test]
