@@ -56,10 +56,10 @@ macro_rules! user_columns {
     };
 }
 
-/// Declares `$name` as a statement with a static query id, implemented for both backends by `$body`
-/// (`|self_, out| …`), which pushes the SQL and binds.
+/// Declares `$name` as a statement with a static query id, implemented for each of `$backend` by `$body`
+/// (`|this, out| …`), which pushes the SQL and binds.
 macro_rules! fixed_statement {
-    ($(#[$doc:meta])* $name:ident<$lt:lifetime>($field:ty), |$this:ident, $out:ident| $body:block) => {
+    ($(#[$doc:meta])* $name:ident<$lt:lifetime>($field:ty) for [$($backend:ty),+], |$this:ident, $out:ident| $body:block) => {
         $(#[$doc])*
         pub struct $name<$lt>(pub $field);
 
@@ -70,21 +70,15 @@ macro_rules! fixed_statement {
 
         impl<Conn> diesel::RunQueryDsl<Conn> for $name<'_> {}
 
-        impl QueryFragment<Pg> for $name<'_> {
-            fn walk_ast<'b>(&'b self, mut $out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-                let $this = self;
-                $body
-                Ok(())
+        $(
+            impl QueryFragment<$backend> for $name<'_> {
+                fn walk_ast<'b>(&'b self, mut $out: AstPass<'_, 'b, $backend>) -> QueryResult<()> {
+                    let $this = self;
+                    $body
+                    Ok(())
+                }
             }
-        }
-
-        impl QueryFragment<Sqlite> for $name<'_> {
-            fn walk_ast<'b>(&'b self, mut $out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-                let $this = self;
-                $body
-                Ok(())
-            }
-        }
+        )+
     };
 }
 
@@ -128,9 +122,43 @@ macro_rules! check_row_columns {
 }
 user_columns!(check_row_columns []);
 
+/// Pushes the `UPDATE` of every column of `$row`'s user.
+macro_rules! push_update_user {
+    ($out:ident, $row:ident) => {
+        $out.push_sql("UPDATE users SET ");
+        user_columns!(push_assignments [$out, $row]);
+        $out.push_sql(" WHERE id = ");
+        $out.push_bind_param::<Text, _>(&$row.id)?;
+    };
+}
+
+/// Pushes the `INSERT` of the revision record `$row`.
+macro_rules! push_insert_revision {
+    ($out:ident, $row:ident) => {
+        $out.push_sql(
+            "INSERT INTO user_revisions (user_id, revision, actor, update_mask, create_time, before_values, \
+             after_values) VALUES (",
+        );
+        $out.push_bind_param::<Text, _>(&$row.user_id)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<BigInt, _>(&$row.revision)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<Text, _>(&$row.actor)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<Text, _>(&$row.update_mask)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<Timestamp, _>(&$row.create_time)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<Text, _>(&$row.before_values)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<Text, _>(&$row.after_values)?;
+        $out.push_sql(")");
+    };
+}
+
 fixed_statement! {
     /// `INSERT` of a whole new user row.
-    InsertUser<'a>(&'a UserRow), |this, out| {
+    InsertUser<'a>(&'a UserRow) for [Pg, Sqlite], |this, out| {
         let row = this.0;
         out.push_sql("INSERT INTO users (id");
         user_columns!(push_names [out]);
@@ -143,19 +171,16 @@ fixed_statement! {
 
 fixed_statement! {
     /// `UPDATE` of every column of a user's row from the row the write decided on.
-    UpdateUser<'a>(&'a UserRow), |this, out| {
+    UpdateUser<'a>(&'a UserRow) for [Sqlite], |this, out| {
         let row = this.0;
-        out.push_sql("UPDATE users SET ");
-        user_columns!(push_assignments [out, row]);
-        out.push_sql(" WHERE id = ");
-        out.push_bind_param::<Text, _>(&row.id)?;
+        push_update_user!(out, row);
     }
 }
 
 fixed_statement! {
     /// SQLite: a no-op `UPDATE` of a user's row that takes the database's write lock before the row is read (see
     /// `lock_all`).
-    TouchUser<'a>(&'a str), |this, out| {
+    TouchUser<'a>(&'a str) for [Sqlite], |this, out| {
         out.push_sql("UPDATE users SET revision = revision WHERE id = ");
         out.push_bind_param::<Text, _>(this.0)?;
     }
@@ -163,25 +188,21 @@ fixed_statement! {
 
 fixed_statement! {
     /// The `INSERT` of one revision record. Columns with a default may be added to the table without changing it.
-    InsertRevision<'a>(&'a RevisionRow), |this, out| {
+    InsertRevision<'a>(&'a RevisionRow) for [Pg, Sqlite], |this, out| {
         let row = this.0;
-        out.push_sql(
-            "INSERT INTO user_revisions (user_id, revision, actor, update_mask, create_time, before_values, \
-             after_values) VALUES (",
-        );
-        out.push_bind_param::<Text, _>(&row.user_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<BigInt, _>(&row.revision)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.actor)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.update_mask)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Timestamp, _>(&row.create_time)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.before_values)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.after_values)?;
-        out.push_sql(")");
+        push_insert_revision!(out, row);
+    }
+}
+
+fixed_statement! {
+    /// PostgreSQL: [`UpdateUser`] and [`InsertRevision`] in one statement, so one round trip: the UPDATE is a
+    /// data-modifying `WITH`, which PostgreSQL runs to completion whether or not the INSERT reads it. The row is
+    /// locked (`lock_all`), so the UPDATE finds it.
+    UpdateUserWithRevision<'a>((&'a UserRow, &'a RevisionRow)) for [Pg], |this, out| {
+        let (row, revision) = this.0;
+        out.push_sql("WITH updated_user AS (");
+        push_update_user!(out, row);
+        out.push_sql(") ");
+        push_insert_revision!(out, revision);
     }
 }
