@@ -87,7 +87,7 @@ class Bench:
 
     def drop_databases(self):
         base = self.args.pg_url.rstrip("/")
-        for name in ["user_service_bench", "user_service_bench_big"]:
+        for name in [self.args.pg_database, f"{self.args.pg_database}_big"]:
             try:
                 self.psql(base + "/postgres", f"DROP DATABASE IF EXISTS {name}")
             except subprocess.CalledProcessError:
@@ -267,7 +267,7 @@ class Bench:
         self.stop_server(process)
 
     def scale(self, backend, small_url, big_users):
-        name = "user_service_bench_big" if backend == "postgres" else "big"
+        name = f"{self.args.pg_database}_big" if backend == "postgres" else "big"
         big_url = self.database(backend, name, big_users)
         servers = {self.args.users: self.start_server(small_url), big_users: self.start_server(big_url)}
         variants = [(op, users) for op in ["get", "list-first", "list-deep"] for users in servers]
@@ -287,7 +287,7 @@ class Bench:
         backends = self.args.backends.split(",")
         for backend in backends:
             log(f"{backend}: seeding {self.args.users} users")
-            name = "user_service_bench" if backend == "postgres" else "main"
+            name = self.args.pg_database if backend == "postgres" else "main"
             url = self.database(backend, name, self.args.users)
             parts = self.args.parts.split(",")
             if "suite" in parts:
@@ -437,6 +437,9 @@ def main():
     parser.add_argument("--parts", default="suite,pgbench,group,store,signin,scale",
                         help="which parts to run (a rerun of one part: --parts pgbench)")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432"))
+    parser.add_argument("--pg-database", default="user_service_bench",
+                        help="name of the PostgreSQL database the run creates and drops (and <name>_big), so that "
+                             "two runs on one server keep apart")
     parser.add_argument("--work", default="target/bench")
     parser.add_argument("--smoke", action="store_true", help="a few requests per run: checks the harness works")
     args = parser.parse_args()
