@@ -13,6 +13,9 @@ Parts:
             without an fsync per commit (synchronous=NORMAL: in WAL mode only checkpoints sync)
   store     the same store calls in-process (no transport) on SQLite
   scale     GetUser/ListUsers on a large database against the suite's database, interleaved
+  signin    VerifyPassword: throughput and CPU per call (right, wrong, unknown user), the time of a wrong-password
+            answer against an unknown-user answer at one caller, and GetUser's latency at a fixed rate alone
+            against the same while a flood of wrong guesses keeps the hash pool full
 """
 
 import argparse
@@ -85,7 +88,7 @@ class Bench:
 
     def drop_databases(self):
         base = self.args.pg_url.rstrip("/")
-        for name in ["user_service_bench", "user_service_bench_big"]:
+        for name in [self.args.pg_database, f"{self.args.pg_database}_big"]:
             try:
                 self.psql(base + "/postgres", f"DROP DATABASE IF EXISTS {name}")
             except subprocess.CalledProcessError:
@@ -227,8 +230,48 @@ class Bench:
             self.record("store", "sqlite", f"{op} in-process", json.loads(done.stdout.strip().splitlines()[-1]),
                         round=r)
 
+    def sign_in(self, backend, url):
+        # Every seeded user gets the same password; the other parts never read it.
+        subprocess.run([self.args.loadgen, "set-password", "--database-url", url], check=True)
+        process, target = self.start_server(url)
+        users = self.args.users
+        # Each run of wrong guesses goes through its own slice of the users in turn: five failures in a row lock
+        # a user out, and a refusal without a hash is not what is measured.
+        wrong_runs = 3 * self.args.rounds
+        span = max(1, users // wrong_runs)
+        slices = iter(range(0, users, span))
+
+        def verify_flags(op):
+            return ["--first-user", str(next(slices)), "--user-span", str(span)] if op == "verify-wrong" else []
+
+        for r, op in self.rounds(["verify-right", "verify-wrong", "verify-unknown"]):
+            result = self.loadgen(target, process.pid, op, "grpc", users, self.args.concurrency, *verify_flags(op))
+            self.record("signin", backend, f"{op} closed", result, round=r)
+        # One caller, so no answer waits for a slot: what is left is the time of the answer itself.
+        for r, op in self.rounds(["verify-wrong", "verify-unknown"]):
+            result = self.loadgen(target, process.pid, op, "grpc", users, 1, *verify_flags(op))
+            self.record("signin", backend, f"{op} one caller", result, round=r)
+        rate = "50" if self.args.smoke else "1000"
+        for r, variant in self.rounds(["get alone", "get beside a flood"]):
+            flood = None
+            if variant == "get beside a flood":
+                seconds = "3" if self.args.smoke else str(self.args.seconds + 3)
+                flood = subprocess.Popen(
+                    ["taskset", "-c", "1", self.args.loadgen, "run", "--target", target, "--token", self.token,
+                     "--op", "verify-wrong", "--protocol", "grpc", "--users", str(users), "--concurrency", "64",
+                     "--duration", seconds, "--warmup-requests", "0", *verify_flags("verify-wrong")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                time.sleep(1.0)
+            result = self.loadgen(target, process.pid, "get", "grpc", users, self.args.concurrency, "--rate", rate)
+            self.record("signin", backend, variant, result, round=r, rate=int(rate))
+            if flood is not None:
+                _, err = flood.communicate(timeout=120)
+                if flood.returncode != 0:
+                    raise SystemExit(f"the sign-in flood failed:\n{err[-3000:]}")
+        self.stop_server(process)
+
     def scale(self, backend, small_url, big_users):
-        name = "user_service_bench_big" if backend == "postgres" else "big"
+        name = f"{self.args.pg_database}_big" if backend == "postgres" else "big"
         big_url = self.database(backend, name, big_users)
         servers = {self.args.users: self.start_server(small_url), big_users: self.start_server(big_url)}
         variants = [(op, users) for op in ["get", "list-first", "list-deep"] for users in servers]
@@ -248,7 +291,7 @@ class Bench:
         backends = self.args.backends.split(",")
         for backend in backends:
             log(f"{backend}: seeding {self.args.users} users")
-            name = "user_service_bench" if backend == "postgres" else "main"
+            name = self.args.pg_database if backend == "postgres" else "main"
             url = self.database(backend, name, self.args.users)
             parts = self.args.parts.split(",")
             if "suite" in parts:
@@ -259,6 +302,8 @@ class Bench:
                 self.group_commit(url)
             if backend == "sqlite" and "store" in parts:
                 self.store(url)
+            if "signin" in parts:
+                self.sign_in(backend, url)
             if self.args.scale_users and "scale" in parts:
                 self.scale(backend, url, self.args.scale_users)
         with open(os.path.join(self.work, "results.json"), "w") as f:
@@ -340,6 +385,21 @@ class Bench:
                 out.append(f"| {v} | {self.summary('store', 'sqlite', v, 'cpu_us_per_op')} "
                            f"| {self.summary('store', 'sqlite', v, 'throughput')} |")
             out.append("")
+        if "signin" in a.parts.split(","):
+            for backend in backends:
+                out += [f"### {backend}: VerifyPassword, and GetUser beside a sign-in flood", "",
+                        "| variant | throughput/s | server CPU µs/call | p50 µs | p99 µs |", "|---|---|---|---|---|"]
+                for v in ["verify-right closed", "verify-wrong closed", "verify-unknown closed",
+                          "verify-wrong one caller", "verify-unknown one caller", "get alone", "get beside a flood"]:
+                    out.append(f"| {v} | {self.summary('signin', backend, v, 'throughput')} "
+                               f"| {self.summary('signin', backend, v, 'server_cpu_us_per_req')} "
+                               f"| {self.summary('signin', backend, v, 'p50_us')} "
+                               f"| {self.summary('signin', backend, v, 'p99_us')} |")
+                same = self.ratio("signin", backend, "verify-unknown one caller", "verify-wrong one caller", "p50_us")
+                flood = self.ratio("signin", backend, "get beside a flood", "get alone", "p99_us")
+                out += ["", "| ratio (medians) | value | target |", "|---|---|---|",
+                        f"| unknown-user p50 / wrong-password p50, one caller | {fmt_ratio(same)} | 0.90–1.10 |",
+                        f"| GetUser p99 beside a flood / alone | {fmt_ratio(flood)} | ≤ 2 |", ""]
         if a.scale_users:
             out += [f"### Scale: {a.scale_users} users against {a.users}, gRPC, interleaved", "",
                     "| backend | op | server CPU µs/req (small) | (large) | ratio | throughput ratio | target |",
@@ -381,9 +441,12 @@ def main():
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--backends", default="sqlite,postgres")
-    parser.add_argument("--parts", default="suite,pgbench,group,store,scale",
+    parser.add_argument("--parts", default="suite,pgbench,group,store,signin,scale",
                         help="which parts to run (a rerun of one part: --parts pgbench)")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432"))
+    parser.add_argument("--pg-database", default="user_service_bench",
+                        help="name of the PostgreSQL database the run creates and drops (and <name>_big), so that "
+                             "two runs on one server keep apart")
     parser.add_argument("--work", default="target/bench")
     parser.add_argument("--smoke", action="store_true", help="a few requests per run: checks the harness works")
     args = parser.parse_args()

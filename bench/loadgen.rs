@@ -43,6 +43,13 @@ enum Command {
         #[arg(long)]
         users: u64,
     },
+    /// Give every seeded user one password (one Argon2id hash at the service's cost, shared by all of them).
+    SetPassword {
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value = SEEDED_PASSWORD)]
+        password: String,
+    },
     /// Drive one RPC against a running server and print the run's figures as JSON.
     Run(RunArgs),
     /// Run the store's own calls in-process (no transport) and print the figures as JSON.
@@ -98,6 +105,12 @@ struct RunArgs {
     /// Calls made before the measured run (not counted).
     #[arg(long, default_value_t = 200)]
     warmup_requests: u64,
+    /// Users the verify runs take in turn instead of at random: `first..first+span` (with --user-span), so that
+    /// runs of wrong guesses given disjoint slices never guess one user often enough to lock it out.
+    #[arg(long, default_value_t = 0)]
+    first_user: u64,
+    #[arg(long)]
+    user_span: Option<u64>,
     /// Worker threads of the client's runtime; 1 runs a current-thread runtime (the client has one core).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -120,7 +133,16 @@ enum Op {
     Create,
     NoopGrpc,
     NoopHttp,
+    /// VerifyPassword by id with the password `set-password` gave (gRPC only).
+    VerifyRight,
+    /// VerifyPassword by id with a wrong password: INVALID_CREDENTIALS is the expected answer.
+    VerifyWrong,
+    /// VerifyPassword by e-mail of nobody: INVALID_CREDENTIALS is the expected answer.
+    VerifyUnknown,
 }
+
+/// The password `set-password` gives the seeded users unless told otherwise, and what verify-right sends.
+const SEEDED_PASSWORD: &str = "Bench-Pass1!";
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
 enum StoreOp {
@@ -132,6 +154,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Seed { database_url, users } => seed(&database_url, users),
+        Command::SetPassword { database_url, password } => set_password(&database_url, &password),
         Command::Run(args) => {
             let runtime = if args.threads <= 1 {
                 tokio::runtime::Builder::new_current_thread().enable_all().build()?
@@ -220,6 +243,21 @@ fn seed(url: &str, users: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stores one Argon2id hash of `password` (made as the service makes it) on every seeded user.
+fn set_password(url: &str, password: &str) -> anyhow::Result<()> {
+    let hash = user_service::domain::password::hash(password, &mut Default::default())
+        .map_err(|e| anyhow::anyhow!("hashing: {e:?}"))?;
+    // The hash is a PHC string of base64 and `$,=`: no quote can appear in it.
+    anyhow::ensure!(!hash.contains('\''), "unexpected quote in a PHC string");
+    let sql = format!("UPDATE users SET password_hash = '{hash}' WHERE id LIKE '00000000-0000-4000-8000-%'");
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        diesel::SqliteConnection::establish(path)?.batch_execute(&sql)?;
+    } else {
+        diesel::PgConnection::establish(url)?.batch_execute(&sql)?;
+    }
+    Ok(())
+}
+
 // --- clients -----------------------------------------------------------------------------------------------
 
 /// One way of calling the server; every call checks the answer and returns an error naming what was wrong.
@@ -254,6 +292,12 @@ enum Call {
     },
     NoopGrpc,
     NoopHttp,
+    Verify {
+        login: pb::verify_password_request::Login,
+        password: String,
+        /// Whether the password is the right one (else INVALID_CREDENTIALS is what a correct server answers).
+        right: bool,
+    },
 }
 
 impl Caller {
@@ -354,6 +398,27 @@ impl Caller {
                         }
                     }
                     Call::NoopHttp => Err("noop-http needs an HTTP protocol".into()),
+                    Call::Verify { login, password, right } => {
+                        let want_id = match &login {
+                            pb::verify_password_request::Login::Id(id) => Some(id.clone()),
+                            _ => None,
+                        };
+                        let answer = users
+                            .verify_password(request(
+                                pb::VerifyPasswordRequest {
+                                    login: Some(login),
+                                    password,
+                                },
+                                auth,
+                            ))
+                            .await;
+                        match (answer, right) {
+                            (Ok(user), true) => check_id(&user.into_inner().id, want_id.as_deref().unwrap_or("")),
+                            (Err(e), false) if e.code() == tonic::Code::InvalidArgument => Ok(()),
+                            (Ok(_), false) => Err("a wrong password was accepted".into()),
+                            (Err(e), _) => Err(status(e)),
+                        }
+                    }
                 }
             }
             Caller::Http {
@@ -517,6 +582,7 @@ async fn grpc_web_call(
             grpc_web_frame(&create_request(email.clone(), username.clone())),
         ),
         Call::NoopGrpc | Call::NoopHttp => return Err("no-op calls are not gRPC-Web".into()),
+        Call::Verify { .. } => return Err("the verify runs are gRPC only".into()),
     };
     let request = http::Request::post(format!("{base}/users.v1.UserService/{method}"))
         .header("content-type", "application/grpc-web+proto")
@@ -545,7 +611,7 @@ async fn grpc_web_call(
             &pb::User::decode(message).map_err(decode_error)?.given_name,
             &given_name,
         ),
-        Call::NoopGrpc | Call::NoopHttp => Ok(()),
+        Call::NoopGrpc | Call::NoopHttp | Call::Verify { .. } => Ok(()),
     }
 }
 
@@ -589,6 +655,7 @@ async fn rest_call(
         ),
         Call::NoopHttp => (http::Method::GET, "/healthz".to_owned(), None),
         Call::NoopGrpc => return Err("noop-grpc is not REST".into()),
+        Call::Verify { .. } => return Err("the verify runs are gRPC only".into()),
     };
     let mut request = http::Request::builder()
         .method(method)
@@ -633,7 +700,7 @@ async fn rest_call(
                 .map_or(0, Vec::len),
         ),
         Call::Update { given_name, .. } => check_given_name(&text("givenName"), &given_name),
-        Call::NoopGrpc | Call::NoopHttp => Ok(()),
+        Call::NoopGrpc | Call::NoopHttp | Call::Verify { .. } => Ok(()),
     }
 }
 
@@ -648,6 +715,8 @@ struct Calls {
     run_tag: String,
     counter: u64,
     deep_token: String,
+    /// The slice of users the verify runs go through in turn, when given.
+    span: Option<(u64, u64)>,
 }
 
 impl Calls {
@@ -670,6 +739,26 @@ impl Calls {
             },
             Op::NoopGrpc => Call::NoopGrpc,
             Op::NoopHttp => Call::NoopHttp,
+            Op::VerifyRight | Op::VerifyWrong => Call::Verify {
+                login: pb::verify_password_request::Login::Id(seeded_id(match self.span {
+                    Some((first, span)) => (first + (self.counter - 1) % span) % self.users.max(1),
+                    None => n,
+                })),
+                password: if self.op == Op::VerifyRight {
+                    SEEDED_PASSWORD.to_owned()
+                } else {
+                    format!("Wrong-{}-{}!", self.run_tag, self.counter)
+                },
+                right: self.op == Op::VerifyRight,
+            },
+            Op::VerifyUnknown => Call::Verify {
+                login: pb::verify_password_request::Login::Email(format!(
+                    "nobody-{}-{}@bench.test",
+                    self.run_tag, self.counter
+                )),
+                password: format!("Wrong-{}-{}!", self.run_tag, self.counter),
+                right: false,
+            },
         }
     }
 }
@@ -761,6 +850,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         run_tag: format!("{:08x}", tag_rng.random::<u32>()),
         counter: 0,
         deep_token: deep,
+        span: args.user_span.map(|span| (args.first_user, span.max(1))),
     }));
 
     // Warm-up: connections open, caches fill; not counted.
