@@ -369,6 +369,7 @@ pub fn save(
             diesel::update(users::table.find(user.id.to_string()))
                 .set(UserRow::from_user(&user, hash)?)
                 .execute(conn)?;
+            super::verification::void_codes_on_email_change(conn, stored, &user)?;
             let before = stored.map(|u| &u.fields);
             write_labels(
                 conn,
