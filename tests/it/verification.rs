@@ -608,3 +608,67 @@ async fn two_processes_send_each_queued_mail_once_postgres() {
     assert_eq!(recipients.len(), 200);
     drop(beside);
 }
+
+/// The value of one metric line of `/metrics`.
+async fn metric(http: &HttpClient, name: &str) -> f64 {
+    let response = http.rest(Method::GET, "/metrics", None, &[]).await;
+    let text = String::from_utf8_lossy(&response.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// The outbox under faults, with the real binary: the SMTP server is down when the user is created, the
+/// service is killed with SIGKILL after a failed attempt, the SMTP server comes up, and the restarted service
+/// delivers the queued mail, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_mail_survives_smtp_down_and_kill_9() {
+    use crate::process::{connect, free_port, serve_command};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("users.db").display());
+    let smtp_port = free_port();
+    let spawn = |port: u16| {
+        serve_command(&url, port)
+            .env("USER_SERVICE_JWT_SECRET", crate::support::TEST_SECRET)
+            .env("USER_SERVICE_SMTP_URL", format!("smtp://127.0.0.1:{smtp_port}"))
+            .env("USER_SERVICE_MAIL_RETRY_DELAY", "200ms")
+            .env("USER_SERVICE_MAIL_POLL_INTERVAL", "100ms")
+            .env("USER_SERVICE_DATA_DIR", dir.path())
+            .spawn()
+            .expect("binary starts")
+    };
+    let port = free_port();
+    let mut child = spawn(port);
+    let mut c = connect(port).await;
+    let ann = create_with_mail(&mut c, user("ann@example.com"))
+        .await
+        .expect("created");
+    let http = HttpClient::new(format!("127.0.0.1:{port}").parse().expect("addr"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&http, "user_service_mail_failed_attempts_total").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed attempt while SMTP is down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metric(&http, "user_service_mail_queued").await >= 1.0);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+
+    let smtp = SmtpServer::start_on(smtp_port).await;
+    let port = free_port();
+    let mut child = spawn(port);
+    let mut c = connect(port).await;
+    let mails = smtp.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(smtp.mails().len(), 1, "the mail is sent once");
+    assert_eq!(mails[0].to, ["ann@example.com"]);
+    let code = mails[0].code().expect("code");
+    assert!(verify(&mut c, &ann.id, &code).await.expect("verifies").email_verified);
+    let http = HttpClient::new(format!("127.0.0.1:{port}").parse().expect("addr"));
+    assert_eq!(metric(&http, "user_service_mail_sent_total").await, 1.0);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+}
