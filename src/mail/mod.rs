@@ -50,7 +50,7 @@ pub struct Mailer {
     /// The domain of `Message-ID`s: the sender's.
     message_id_domain: String,
     verification_url: Option<String>,
-    valid_hours: i64,
+    valid_minutes: u64,
 }
 
 impl Mailer {
@@ -75,7 +75,7 @@ impl Mailer {
             message_id_domain: from.email.domain().to_owned(),
             from,
             verification_url: config.verification_url.clone(),
-            valid_hours: i64::try_from(config.verification_ttl.as_secs() / 3600).unwrap_or(i64::MAX),
+            valid_minutes: config.verification_ttl.as_secs() / 60,
         })
     }
 
@@ -114,7 +114,7 @@ impl Mailer {
                 name: &user.fields.given_name,
                 code,
                 link: link.as_deref(),
-                valid_hours: self.valid_hours,
+                valid_minutes: self.valid_minutes,
             },
         );
         let address = user

@@ -29,12 +29,12 @@ pub struct Rendered {
 }
 
 /// What a verification mail says: greeting name (may be empty), the code, the link (when configured), and how
-/// many hours the code is valid.
+/// many minutes the code is valid.
 pub struct Verification<'a> {
     pub name: &'a str,
     pub code: &'a str,
     pub link: Option<&'a str>,
-    pub valid_hours: i64,
+    pub valid_minutes: u64,
 }
 
 struct Texts {
@@ -44,6 +44,8 @@ struct Texts {
     intro: &'static str,
     with_link: &'static str,
     validity: &'static str,
+    hours: &'static str,
+    minutes: &'static str,
     ignore: &'static str,
 }
 
@@ -53,7 +55,9 @@ const ENGLISH: Texts = Texts {
     hello_name: "Hello {name},",
     intro: "To confirm that this address is yours, use this verification code:",
     with_link: "Or open this link:",
-    validity: "The code is valid for {hours} hours and can be used once.",
+    validity: "The code is valid for {time} and can be used once.",
+    hours: "hours",
+    minutes: "minutes",
     ignore: "If you did not ask for this, you can ignore this message.",
 };
 
@@ -63,7 +67,9 @@ const SPANISH: Texts = Texts {
     hello_name: "Hola, {name}:",
     intro: "Para confirmar que esta dirección es tuya, usa este código de verificación:",
     with_link: "O abre este enlace:",
-    validity: "El código es válido durante {hours} horas y se puede usar una sola vez.",
+    validity: "El código es válido durante {time} y se puede usar una sola vez.",
+    hours: "horas",
+    minutes: "minutos",
     ignore: "Si no lo pediste, puedes ignorar este mensaje.",
 };
 
@@ -97,7 +103,13 @@ pub fn verification(language: Language, v: &Verification<'_>) -> Rendered {
     } else {
         t.hello_name.replace("{name}", name.trim())
     };
-    let validity = t.validity.replace("{hours}", &v.valid_hours.to_string());
+    // Whole hours read as hours (the default 24); anything else, such as a short test TTL, as minutes.
+    let time = if v.valid_minutes >= 60 && v.valid_minutes.is_multiple_of(60) {
+        format!("{} {}", v.valid_minutes / 60, t.hours)
+    } else {
+        format!("{} {}", v.valid_minutes.max(1), t.minutes)
+    };
+    let validity = t.validity.replace("{time}", &time);
     let mut text = format!("{hello}\n\n{}\n\n{}\n\n", t.intro, v.code);
     let mut html = format!(
         "<!DOCTYPE html>\n<html><body>\n<p>{}</p>\n<p>{}</p>\n<p style=\"font-size:1.3em\"><code>{}</code></p>\n",
@@ -150,7 +162,7 @@ mod tests {
                 name: "<Ana>",
                 code: "abc_DEF-123",
                 link: Some("https://x.test/v?c=abc_DEF-123&u=1"),
-                valid_hours: 24,
+                valid_minutes: 24 * 60,
             },
         );
         assert_eq!(r.subject, "Confirma tu dirección de correo");
@@ -165,9 +177,10 @@ mod tests {
                 name: "",
                 code: "c0de",
                 link: None,
-                valid_hours: 1,
+                valid_minutes: 90,
             },
         );
+        assert!(plain.text.contains("valid for 90 minutes"), "{}", plain.text);
         assert!(plain.text.starts_with("Hello,\n"));
         assert!(!plain.text.contains("link"));
     }

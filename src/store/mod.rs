@@ -506,9 +506,18 @@ impl Store {
         self.mail_queued.clone()
     }
 
-    /// Claims up to `limit` due mail jobs for `lease` (see `verification::claim`).
+    /// Claims up to `limit` due mail jobs for `lease` (see `verification::claim`); none, without a write, when
+    /// nothing is due.
     pub async fn claim_mail(&self, lease: std::time::Duration, limit: i64) -> Result<Vec<MailJob>, Error> {
         let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5));
+        // Most polls find nothing: they read, and only a due job costs a write transaction (on SQLite a turn of
+        // the single writer and an fsync).
+        let due = self
+            .run(|conn| verification::any_due(conn, to_stored_precision(Utc::now())).map_err(read_error))
+            .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
         self.transact(move |conn| {
             let now = to_stored_precision(Utc::now());
             Ok(verification::claim(conn, now, lease, limit)?)
@@ -559,7 +568,7 @@ impl Store {
         self.transact(move |conn| {
             let now = to_stored_precision(Utc::now());
             if sent {
-                verification::mark_sent(conn, &id, now)?;
+                verification::mark_sent(conn, &id)?;
             } else {
                 verification::mark_failed_attempt(conn, &id, now, retry_at, &error)?;
             }

@@ -98,7 +98,6 @@ diesel::table! {
         create_time -> Timestamp,
         attempts -> Integer,
         next_attempt_time -> Timestamp,
-        sent_time -> Nullable<Timestamp>,
         failed_time -> Nullable<Timestamp>,
         last_error -> Nullable<Text>,
     }

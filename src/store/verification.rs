@@ -145,13 +145,22 @@ pub fn find_code(conn: &mut DbConnection, id: Uuid, digest: &str) -> QueryResult
     Ok(row.map(|(email, expire)| (email, expire.and_utc())))
 }
 
+/// Whether any job is due: a read, so an idle sender's poll takes no write lock and commits nothing.
+pub fn any_due(conn: &mut DbConnection, now: DateTime<Utc>) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        mail_outbox::table
+            .filter(mail_outbox::failed_time.is_null())
+            .filter(mail_outbox::next_attempt_time.le(naive(now))),
+    ))
+    .get_result(conn)
+}
+
 /// Claims up to `limit` due jobs for `lease`: each is due again only when the lease ends, so a sender that dies
 /// mid-send leaves its jobs to the next one. PostgreSQL locks the rows it claims with `FOR UPDATE SKIP LOCKED`,
 /// so concurrent senders of several processes take different jobs instead of waiting for one another; SQLite
 /// runs this through its single writer, one claim at a time.
 pub fn claim(conn: &mut DbConnection, now: DateTime<Utc>, lease: Duration, limit: i64) -> QueryResult<Vec<MailJob>> {
     let due = mail_outbox::table
-        .filter(mail_outbox::sent_time.is_null())
         .filter(mail_outbox::failed_time.is_null())
         .filter(mail_outbox::next_attempt_time.le(naive(now)))
         .order(mail_outbox::next_attempt_time)
@@ -177,13 +186,9 @@ pub fn claim(conn: &mut DbConnection, now: DateTime<Utc>, lease: Duration, limit
         .load(conn)
 }
 
-pub fn mark_sent(conn: &mut DbConnection, id: &str, now: DateTime<Utc>) -> QueryResult<()> {
-    diesel::update(mail_outbox::table.find(id))
-        .set((
-            mail_outbox::sent_time.eq(Some(naive(now))),
-            mail_outbox::last_error.eq(None::<String>),
-        ))
-        .execute(conn)?;
+/// A delivered job is deleted: nothing is left to do for it, and the queue stays as small as what is pending.
+pub fn mark_sent(conn: &mut DbConnection, id: &str) -> QueryResult<()> {
+    diesel::delete(mail_outbox::table.find(id)).execute(conn)?;
     Ok(())
 }
 
@@ -220,9 +225,7 @@ pub fn drop_job(conn: &mut DbConnection, id: &str) -> QueryResult<()> {
 }
 
 pub fn stats(conn: &mut DbConnection) -> QueryResult<OutboxStats> {
-    let unsent = mail_outbox::table
-        .filter(mail_outbox::sent_time.is_null())
-        .filter(mail_outbox::failed_time.is_null());
+    let unsent = mail_outbox::table.filter(mail_outbox::failed_time.is_null());
     let queued: i64 = unsent.count().get_result(conn)?;
     let oldest: Option<NaiveDateTime> = unsent
         .select(diesel::dsl::min(mail_outbox::create_time))

@@ -606,7 +606,18 @@ async fn two_processes_send_each_queued_mail_once_postgres() {
     recipients.sort();
     recipients.dedup();
     assert_eq!(recipients.len(), 200);
-    drop(beside);
+    // Both processes took part, and between them sent each mail once.
+    let first = metric(&HttpClient::new(app.addr), "user_service_mail_sent_total").await;
+    let second = metric(&HttpClient::new(beside.addr), "user_service_mail_sent_total").await;
+    assert_eq!(
+        first + second,
+        200.0,
+        "sent by the first {first}, by the second {second}"
+    );
+    assert!(
+        first > 0.0 && second > 0.0,
+        "sent by the first {first}, by the second {second}"
+    );
 }
 
 /// The value of one metric line of `/metrics`.

@@ -22,8 +22,9 @@ CREATE TABLE user_verifications (
 
 -- The transactional outbox: one row per mail to send, written in the transaction that asks for it. A job is
 -- due when `next_attempt_time` has passed; a sender claims it by moving that time past its lease, so a crashed
--- sender's job is taken again once the lease ends. No plaintext code is kept: the sender makes the code when
--- it renders the mail. No foreign key: a purged user's job is dropped by the sender, not by a cascade.
+-- sender's job is taken again once the lease ends. A sent job is deleted, so the table holds only what is
+-- still to send and what was given up on (`failed_time`). No plaintext code is kept: the sender makes the code
+-- when it renders the mail. No foreign key: a purged user's job is dropped by the sender, not by a cascade.
 CREATE TABLE mail_outbox (
     id                TEXT PRIMARY KEY,
     user_id           TEXT NOT NULL,
@@ -32,8 +33,7 @@ CREATE TABLE mail_outbox (
     create_time       TIMESTAMP NOT NULL,
     attempts          INTEGER NOT NULL DEFAULT 0,
     next_attempt_time TIMESTAMP NOT NULL,
-    sent_time         TIMESTAMP,
     failed_time       TIMESTAMP,
     last_error        TEXT
 );
-CREATE INDEX mail_outbox_due ON mail_outbox (next_attempt_time) WHERE sent_time IS NULL AND failed_time IS NULL;
+CREATE INDEX mail_outbox_due ON mail_outbox (next_attempt_time) WHERE failed_time IS NULL;
