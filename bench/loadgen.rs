@@ -1075,6 +1075,7 @@ async fn store(url: &str, op: StoreOp, users: u64, requests: u64, concurrency: u
                                     patch,
                                     allow_missing: false,
                                     observed_revision: None,
+                                    send_verification_email: false,
                                 });
                                 let caller = Caller {
                                     subject: "bench".into(),

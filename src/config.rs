@@ -196,6 +196,52 @@ pub struct ServeConfig {
     /// How often soft-deleted users past their purge time are removed for good.
     #[arg(long, env = "USER_SERVICE_PURGE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub purge_interval: Duration,
+
+    /// Boxed: the subcommand enum stays small.
+    #[command(flatten)]
+    pub mail: Box<MailConfig>,
+}
+
+/// E-mail verification and the mail outbox's sender.
+#[derive(Debug, Clone, Args)]
+pub struct MailConfig {
+    /// SMTP server for outgoing mail: `smtp://host:port` (plain; add `?tls=required` for STARTTLS),
+    /// `smtps://host:port` (TLS), with optional `user:password@` before the host. When unset, each mail is
+    /// written as an RFC 5322 `.eml` file into `<data-dir>/outbox/`.
+    #[arg(long, env = "USER_SERVICE_SMTP_URL")]
+    pub smtp_url: Option<String>,
+
+    /// The sender of every mail, as `Name <address>` or a bare address.
+    #[arg(
+        long,
+        env = "USER_SERVICE_MAIL_FROM",
+        default_value = "user-service <no-reply@localhost>"
+    )]
+    pub mail_from: String,
+
+    /// Link template put in verification mails, with `{id}`, `{code}` and `{email}` placeholders (URL-encoded
+    /// when filled in), e.g. `https://app.example.com/verify?user={id}&code={code}`. When unset the mail carries
+    /// the code alone.
+    #[arg(long, env = "USER_SERVICE_VERIFICATION_URL")]
+    pub verification_url: Option<String>,
+
+    /// How long a verification code is valid.
+    #[arg(long, env = "USER_SERVICE_VERIFICATION_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub verification_ttl: Duration,
+
+    /// Attempts to deliver one mail before it is kept as failed (and counted in the metrics).
+    #[arg(long, env = "USER_SERVICE_MAIL_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub mail_max_attempts: u16,
+
+    /// Wait before the first retry of a failed delivery; each further retry waits twice as long (at most an
+    /// hour).
+    #[arg(long, env = "USER_SERVICE_MAIL_RETRY_DELAY", default_value = "30s", value_parser = parse_duration)]
+    pub mail_retry_delay: Duration,
+
+    /// How often the sender looks for mail queued by other processes (mail queued by this one is sent at once).
+    #[arg(long, env = "USER_SERVICE_MAIL_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub mail_poll_interval: Duration,
 }
 
 impl ServeConfig {

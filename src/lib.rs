@@ -10,6 +10,7 @@ pub mod domain;
 pub mod gate;
 pub mod hash_pool;
 pub mod limits;
+pub mod mail;
 pub mod metrics;
 pub mod rest_dispatch;
 pub mod rpc_status;

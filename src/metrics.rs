@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -80,6 +80,19 @@ pub struct Metrics {
     rpcs: Mutex<BTreeMap<(&'static str, Protocol, &'static str), Histogram>>,
     refused: Mutex<BTreeMap<(Protocol, &'static str), u64>>,
     database_up: AtomicBool,
+    mail: MailCounts,
+}
+
+/// The outbox as the sender last saw it, and what this process's sender did.
+#[derive(Default)]
+struct MailCounts {
+    /// Unsent jobs in the queue (every process's), and jobs kept as failed.
+    queued: AtomicI64,
+    failed: AtomicI64,
+    /// When the oldest unsent job was queued, in microseconds since the epoch; `i64::MIN` when none is.
+    oldest_queued_micros: AtomicI64,
+    sent: AtomicU64,
+    failed_attempts: AtomicU64,
 }
 
 impl Metrics {
@@ -108,6 +121,77 @@ impl Metrics {
 
     pub fn set_database_up(&self, up: bool) {
         self.database_up.store(up, Ordering::Relaxed);
+    }
+
+    /// The outbox's counts read by the sender: unsent jobs, failed jobs, and when the oldest unsent one was
+    /// queued (microseconds since the epoch).
+    pub fn set_mail_queue(&self, queued: i64, failed: i64, oldest_queued_micros: Option<i64>) {
+        self.mail.queued.store(queued, Ordering::Relaxed);
+        self.mail.failed.store(failed, Ordering::Relaxed);
+        self.mail
+            .oldest_queued_micros
+            .store(oldest_queued_micros.unwrap_or(i64::MIN), Ordering::Relaxed);
+    }
+
+    pub fn record_mail_sent(&self) {
+        self.mail.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_mail_failed_attempt(&self) {
+        self.mail.failed_attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render_mail(&self, out: &mut String) {
+        let m = &self.mail;
+        let oldest = m.oldest_queued_micros.load(Ordering::Relaxed);
+        // The age is taken now, not when the queue was read, so a stuck queue shows its age growing.
+        let age = if oldest == i64::MIN {
+            0.0
+        } else {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+            #[expect(clippy::cast_precision_loss, reason = "an age in seconds needs no 64-bit precision")]
+            let age = now.saturating_sub(oldest).max(0) as f64 / 1e6;
+            age
+        };
+        let lines: [(&str, &str, &str, String); 5] = [
+            (
+                "user_service_mail_queued",
+                "gauge",
+                "Mails queued and not yet sent (every process's).",
+                m.queued.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "user_service_mail_failed",
+                "gauge",
+                "Mails given up on after --mail-max-attempts, kept as failed.",
+                m.failed.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "user_service_mail_oldest_queued_age_seconds",
+                "gauge",
+                "Age of the oldest mail not yet sent; 0 when none is waiting.",
+                age.to_string(),
+            ),
+            (
+                "user_service_mail_sent_total",
+                "counter",
+                "Mails this process delivered.",
+                m.sent.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "user_service_mail_failed_attempts_total",
+                "counter",
+                "Delivery attempts of this process that failed (retried or given up).",
+                m.failed_attempts.load(Ordering::Relaxed).to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in lines {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        }
     }
 
     /// The metrics in the Prometheus text format; `group_commits` is the SQLite writer's count of committed
@@ -171,6 +255,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE user_service_sqlite_committed_writes_total counter");
             let _ = writeln!(out, "user_service_sqlite_committed_writes_total {writes}");
         }
+        self.render_mail(&mut out);
         out
     }
 }

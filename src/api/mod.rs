@@ -21,7 +21,7 @@ use crate::domain::permission::{self, Rpc};
 use crate::domain::query::{self, Lookup, OrderField};
 use crate::domain::sign_in::{self, LoginKey};
 use crate::domain::user::{User, to_stored_precision};
-use crate::domain::{filter, validate};
+use crate::domain::{filter, validate, verification};
 use crate::hash_pool::HashPool;
 use crate::limits::{self, Admission, RateLimiter};
 use crate::metrics::{Metrics, Protocol};
@@ -61,6 +61,8 @@ pub struct UserServiceImpl {
     max_message_bytes: usize,
     /// What unknown users' sign-ins are checked against (see `dummy_hash`).
     dummy_hash: Arc<tokio::sync::OnceCell<String>>,
+    /// How long a verification code is valid (`--verification-ttl`).
+    verification_ttl: chrono::Duration,
 }
 
 impl UserServiceImpl {
@@ -75,7 +77,14 @@ impl UserServiceImpl {
             hash_pool,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             dummy_hash: Arc::new(tokio::sync::OnceCell::new()),
+            verification_ttl: chrono::Duration::hours(24),
         }
+    }
+
+    /// How long the verification codes this service makes are valid.
+    pub fn with_verification_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.verification_ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(24));
+        self
     }
 
     /// Cuts list pages to the server's message limit (`--max-message-bytes`), which the encoder enforces: a
@@ -424,6 +433,7 @@ impl UserServiceImpl {
                 },
                 allow_missing: req.allow_missing,
                 observed_revision,
+                send_verification_email: req.send_verification_email,
             }),
             may_conflict: plan.may_conflict,
         })
@@ -482,7 +492,12 @@ impl UserService for UserServiceImpl {
                 .write(
                     &ctx.caller,
                     Write {
-                        commands: vec![Command::Create(Create { id, fields, password })],
+                        commands: vec![Command::Create(Create {
+                            id,
+                            fields,
+                            password,
+                            send_verification_email: req.send_verification_email,
+                        })],
                         validate_only: req.validate_only,
                         batch: false,
                     },
@@ -730,6 +745,49 @@ impl UserService for UserServiceImpl {
             self.verify_password_of(key, req.password)
                 .await
                 .map(|user| user_to_proto(&user))
+        })
+        .await
+    }
+
+    async fn send_verification_email(
+        &self,
+        request: Request<pb::SendVerificationEmailRequest>,
+    ) -> Result<Response<pb::SendVerificationEmailResponse>, Status> {
+        self.handle("SendVerificationEmail", request, |ctx, req| async move {
+            let id = change::parse_id(&req.id, "id")?;
+            permission::authorize(&ctx.caller, Rpc::SendVerificationEmail, Some(id))?;
+            if req.return_code && !ctx.caller.is_admin() {
+                return Err(Error::PermissionDenied {
+                    reason: "RETURN_CODE_ADMIN_ONLY",
+                    message: "only administrators may have the code returned instead of mailed".into(),
+                    fields: vec!["return_code".into()],
+                });
+            }
+            let (user, code) = self
+                .store
+                .send_verification(ctx.caller, id, req.return_code, self.verification_ttl)
+                .await?;
+            Ok(pb::SendVerificationEmailResponse {
+                user: Some(user_to_proto(&user)),
+                verification_code: code.unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    async fn verify_email(&self, request: Request<pb::VerifyEmailRequest>) -> Result<Response<pb::User>, Status> {
+        self.handle("VerifyEmail", request, |ctx, req| async move {
+            let id = change::parse_id(&req.id, "id")?;
+            permission::authorize(&ctx.caller, Rpc::VerifyEmail, Some(id))?;
+            // Imported users: an administrator may vouch for the address without a code.
+            let code = if req.verification_code.is_empty() && ctx.caller.is_admin() {
+                None
+            } else {
+                verification::check_code_shape(&req.verification_code)?;
+                Some(req.verification_code)
+            };
+            let user = self.store.verify_email(ctx.caller, id, code).await?;
+            Ok(user_to_proto(&user))
         })
         .await
     }

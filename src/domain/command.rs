@@ -21,10 +21,28 @@ pub const MAX_BATCH_SIZE: usize = 1000;
 pub enum Command {
     Create(Create),
     Update(Update),
-    Delete { id: Uuid, etag: String },
-    Undelete { id: Uuid, etag: String },
-    Disable { id: Uuid, reason: String, etag: String },
-    Enable { id: Uuid, etag: String },
+    Delete {
+        id: Uuid,
+        etag: String,
+    },
+    Undelete {
+        id: Uuid,
+        etag: String,
+    },
+    Disable {
+        id: Uuid,
+        reason: String,
+        etag: String,
+    },
+    Enable {
+        id: Uuid,
+        etag: String,
+    },
+    /// VerifyEmail: `email_verified` becomes true. The code (if any) was checked by the store in the same
+    /// transaction; the variant reaches the store, so the revision it writes is known as a verification.
+    VerifyEmail {
+        id: Uuid,
+    },
 }
 
 /// CreateUser: a new user with the given id, refused if the id is taken.
@@ -33,6 +51,8 @@ pub struct Create {
     pub id: Uuid,
     pub fields: UserFields,
     pub password: PasswordInput,
+    /// Queue a verification mail to the new address in the same transaction.
+    pub send_verification_email: bool,
 }
 
 /// UpdateUser (or one item of a batch): a masked patch of user `id`.
@@ -45,6 +65,8 @@ pub struct Update {
     /// The revision a self-service caller's current password was checked at: the write is refused if the user
     /// changed since, so a password confirmed for one version cannot change another.
     pub observed_revision: Option<i64>,
+    /// Queue a verification mail in the same transaction when the update sets or changes the address.
+    pub send_verification_email: bool,
 }
 
 /// What a decided command writes. The revision, the times and the password state are final: the store
@@ -74,6 +96,15 @@ impl Outcome {
             Outcome::Unchanged(user) | Outcome::Created { user, .. } | Outcome::Changed { user, .. } => user,
         }
     }
+
+    /// Whether the outcome gives the user an address it did not have: a creation, or a change of `email`.
+    pub fn sets_email(&self) -> bool {
+        match self {
+            Outcome::Unchanged(_) => false,
+            Outcome::Created { .. } => true,
+            Outcome::Changed { diff, .. } => diff.paths.iter().any(|p| p == "email"),
+        }
+    }
 }
 
 impl Command {
@@ -85,7 +116,17 @@ impl Command {
             | Command::Delete { id, .. }
             | Command::Undelete { id, .. }
             | Command::Disable { id, .. }
-            | Command::Enable { id, .. } => *id,
+            | Command::Enable { id, .. }
+            | Command::VerifyEmail { id } => *id,
+        }
+    }
+
+    /// Whether the command asks for a verification mail when it sets an address.
+    pub fn sends_verification_email(&self) -> bool {
+        match self {
+            Command::Create(c) => c.send_verification_email,
+            Command::Update(u) => u.send_verification_email,
+            _ => false,
         }
     }
 
@@ -128,6 +169,10 @@ impl Command {
             (Command::Undelete { etag, .. }, Some(stored)) => change::undelete(stored, &etag)?,
             (Command::Disable { reason, etag, .. }, Some(stored)) => change::disable(stored, &reason, &etag)?,
             (Command::Enable { etag, .. }, Some(stored)) => change::enable(stored, &etag)?,
+            (Command::VerifyEmail { .. }, Some(stored)) => {
+                permission::check_self_service_access(caller, permission::Rpc::VerifyEmail, stored, now)?;
+                change::verify_email(stored)?
+            }
         };
         Ok(settle(stored, draft, now))
     }
@@ -326,6 +371,7 @@ mod tests {
             id,
             fields: fields("ann@example.com"),
             password: PasswordInput::Hashed("hash".into()),
+            send_verification_email: false,
         })
         .decide(None, &admin(), now() - Duration::hours(1))
         .expect("valid");
@@ -345,6 +391,7 @@ mod tests {
             },
             allow_missing: false,
             observed_revision: None,
+            send_verification_email: false,
         }
     }
 
@@ -356,6 +403,7 @@ mod tests {
             id,
             fields: fields("ann@example.com"),
             password: PasswordInput::Hashed("hash".into()),
+            send_verification_email: false,
         });
         let Outcome::Created {
             user,

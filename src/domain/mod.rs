@@ -14,5 +14,6 @@ pub mod revision;
 pub mod sign_in;
 pub mod user;
 pub mod validate;
+pub mod verification;
 
 pub use error::{Error, FieldViolation};

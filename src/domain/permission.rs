@@ -33,6 +33,8 @@ pub enum Rpc {
     BatchUpdateUsers,
     ListUserRevisions,
     VerifyPassword,
+    SendVerificationEmail,
+    VerifyEmail,
 }
 
 impl Caller {
@@ -75,7 +77,7 @@ pub fn authorize(caller: &Caller, rpc: Rpc, target: Option<Uuid>) -> Result<(), 
     let allowed = match rpc {
         Rpc::GetUser | Rpc::ListUserRevisions => reader || own,
         Rpc::LookupUser | Rpc::ListUsers => reader,
-        Rpc::UpdateUser | Rpc::BatchUpdateUsers => own,
+        Rpc::UpdateUser | Rpc::BatchUpdateUsers | Rpc::SendVerificationEmail | Rpc::VerifyEmail => own,
         Rpc::CreateUser | Rpc::DeleteUser | Rpc::UndeleteUser | Rpc::DisableUser | Rpc::EnableUser => false,
         Rpc::VerifyPassword => caller.has_scope(SCOPE_AUTHENTICATE),
     };
@@ -169,7 +171,7 @@ mod tests {
         }
     }
 
-    const ALL: [Rpc; 12] = [
+    const ALL: [Rpc; 14] = [
         Rpc::CreateUser,
         Rpc::GetUser,
         Rpc::LookupUser,
@@ -182,6 +184,8 @@ mod tests {
         Rpc::BatchUpdateUsers,
         Rpc::ListUserRevisions,
         Rpc::VerifyPassword,
+        Rpc::SendVerificationEmail,
+        Rpc::VerifyEmail,
     ];
 
     #[test]
@@ -207,6 +211,8 @@ mod tests {
                         | Rpc::UpdateUser
                         | Rpc::ListUserRevisions
                         | Rpc::BatchUpdateUsers
+                        | Rpc::SendVerificationEmail
+                        | Rpc::VerifyEmail
                 ),
                 "authenticate on its own user {rpc:?}"
             );
@@ -218,7 +224,12 @@ mod tests {
             assert_eq!(authorize(&reader, rpc, Some(other)).is_ok(), reads, "reader {rpc:?}");
             let own = matches!(
                 rpc,
-                Rpc::GetUser | Rpc::UpdateUser | Rpc::ListUserRevisions | Rpc::BatchUpdateUsers
+                Rpc::GetUser
+                    | Rpc::UpdateUser
+                    | Rpc::ListUserRevisions
+                    | Rpc::BatchUpdateUsers
+                    | Rpc::SendVerificationEmail
+                    | Rpc::VerifyEmail
             );
             assert_eq!(authorize(&myself, rpc, Some(me)).is_ok(), own, "self {rpc:?}");
             assert!(

@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use axum::Router;
 
 use crate::config::ServeConfig;
+use crate::mail::{self, Mailer, SenderOptions};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -20,7 +21,7 @@ pub use listener::serve;
 pub struct App {
     pub router: Router,
     pub store: Store,
-    /// Background loops (health, purge) that end with the app.
+    /// Background loops (health, purge, the mail sender) that end with the app.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -42,9 +43,21 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
     // /readyz answers from the health loop's last ping, so probes never reach the database themselves. The first
     // ping happens here, so the answer is right from the first request on.
     let ready = Arc::new(AtomicBool::new(store.ping().await));
+    let mailer = Arc::new(Mailer::from_config(&config.mail, &config.auth.data_dir)?);
     let tasks = vec![
         tasks::health(store.clone(), metrics.clone(), ready.clone(), health_reporter),
         tasks::purge(store.clone(), config.purge_interval),
+        mail::spawn(
+            store.clone(),
+            mailer,
+            metrics.clone(),
+            SenderOptions {
+                max_attempts: config.mail.mail_max_attempts,
+                retry_delay: config.mail.mail_retry_delay,
+                poll_interval: config.mail.mail_poll_interval,
+                verification_ttl: config.mail.verification_ttl,
+            },
+        ),
     ];
     let router = router::router(config, &store, metrics, health_service, ready)?;
     Ok(App { router, store, tasks })

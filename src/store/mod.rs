@@ -5,6 +5,7 @@ mod checkpoint;
 mod connection;
 mod schema;
 mod users;
+mod verification;
 mod writer;
 
 use std::sync::Arc;
@@ -12,22 +13,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::Connection;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::{Connection, QueryResult};
 use uuid::Uuid;
 
 use connection::{ConnectionManager, DbConnection};
 pub use connection::{DatabaseTarget, SqliteSync};
 pub use users::{Cursor, ListQuery};
+pub use verification::{MailJob, OutboxStats};
 use writer::GroupWriter;
 pub use writer::WriteStats;
 
 use crate::domain::caller::Caller;
+use crate::domain::change;
 use crate::domain::command::{Command, Refusal, WriteError};
 use crate::domain::error::{Conflict, Error};
+use crate::domain::permission::{self, Rpc};
 use crate::domain::revision::Revision;
 use crate::domain::sign_in::{self, LoginKey};
 use crate::domain::user::{User, to_stored_precision};
+use crate::domain::verification::{self as codes, CodeAttempts};
 
 /// How long a call waits for a connection while the database is known to be unreachable.
 const UNREACHABLE_WAIT: Duration = Duration::from_millis(250);
@@ -60,6 +65,9 @@ pub struct Store {
     writer: Option<GroupWriter>,
     /// SQLite only: connections for reads of one user, run inline on the async thread (see [`Store::read`]).
     inline_readers: Option<r2d2::Pool<ConnectionManager>>,
+    /// Told after a commit that queued mail, so this process's sender delivers it at once instead of at its
+    /// next poll.
+    mail_queued: Arc<tokio::sync::Notify>,
 }
 
 /// Where a sign-in attempt stands once it is taken.
@@ -180,6 +188,7 @@ impl Store {
             reachable,
             writer,
             inline_readers,
+            mail_queued: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -383,6 +392,7 @@ impl Store {
     /// INVALID_ARGUMENT are all reported together; any other refusal stops the write at once. With `dry_run`
     /// everything runs, unique constraints included, and is rolled back.
     pub async fn write(&self, caller: Caller, commands: Vec<Command>, dry_run: bool) -> Result<Vec<User>, WriteError> {
+        let may_queue_mail = !dry_run && commands.iter().any(Command::sends_verification_email);
         let written = self
             .transact(move |conn| match write_all(conn, &caller, commands)? {
                 Ok(users) if !dry_run => Ok(Ok(users)),
@@ -390,10 +400,186 @@ impl Store {
             })
             .await;
         match written {
-            Ok(Ok(users)) => Ok(users),
+            Ok(Ok(users)) => {
+                if may_queue_mail {
+                    // A wake-up too many (the address did not change) only costs the sender one empty claim.
+                    self.mail_queued.notify_one();
+                }
+                Ok(users)
+            }
             Ok(Err(refusals)) => Err(WriteError::Refused(refusals)),
             Err(e) => Err(WriteError::Failed(e)),
         }
+    }
+}
+
+/// E-mail verification (API §8) and the mail outbox.
+impl Store {
+    /// SendVerificationEmail: once a minute per user (stored, so it holds across processes), for an unverified
+    /// user; queues the mail, or with `return_code` makes the code now and returns it instead.
+    pub async fn send_verification(
+        &self,
+        caller: Caller,
+        id: Uuid,
+        return_code: bool,
+        ttl: chrono::Duration,
+    ) -> Result<(Box<User>, Option<String>), Error> {
+        let sent = self
+            .transact(move |conn| {
+                let now = to_stored_precision(Utc::now());
+                let Some((user, _)) = users::lock_all(conn, &[id])?.remove(&id) else {
+                    return Err(Error::not_found(id).into());
+                };
+                permission::check_self_service_access(&caller, Rpc::SendVerificationEmail, &user, now)?;
+                // The checks of a verification, without its write: a deleted or verified user gets no code.
+                change::verify_email(&user)?;
+                let attempts = verification::attempts(conn, id)?;
+                codes::check_resend(attempts, now)?;
+                verification::set_attempts(
+                    conn,
+                    id,
+                    CodeAttempts {
+                        last_sent: Some(now),
+                        ..attempts
+                    },
+                )?;
+                let code = if return_code {
+                    let code = codes::new_code();
+                    verification::insert_code(conn, &user, &code.digest, now, ttl)?;
+                    Some(code.plaintext)
+                } else {
+                    verification::queue_verification(conn, &user, now)?;
+                    None
+                };
+                Ok((Box::new(user), code))
+            })
+            .await?;
+        if sent.1.is_none() {
+            self.mail_queued.notify_one();
+        }
+        Ok(sent)
+    }
+
+    /// VerifyEmail: with a code, one attempt is counted under the user's row lock before the code is compared,
+    /// so concurrent guesses take turns and get no more checks than sequential ones; the count is committed
+    /// even when the code is wrong. The fifth wrong code voids every code of the user. Without a code (an
+    /// administrator's call, checked by the caller) the user is verified as is.
+    pub async fn verify_email(&self, caller: Caller, id: Uuid, code: Option<String>) -> Result<Box<User>, Error> {
+        self.transact(move |conn| {
+            let now = to_stored_precision(Utc::now());
+            let (stored, stored_hash) = users::lock_all(conn, &[id])?.remove(&id).unzip();
+            let outcome = Command::VerifyEmail { id }.decide(stored.as_ref(), &caller, now)?;
+            let attempts = verification::attempts(conn, id)?;
+            if let (Some(code), Some(user)) = (code, &stored) {
+                let taken = match codes::take_attempt(attempts) {
+                    Ok(taken) => taken,
+                    Err(e) => return Ok(Err(e)),
+                };
+                verification::set_attempts(conn, id, taken)?;
+                let valid = verification::find_code(conn, id, &codes::digest(&code))?
+                    .is_some_and(|(bound, expire)| codes::code_is_valid(&bound, &user.fields.email, expire, now));
+                if !valid {
+                    if taken.wrong >= codes::MAX_WRONG_CODES {
+                        verification::delete_codes(conn, id)?;
+                    }
+                    return Ok(Err(codes::invalid_code(codes::NOT_VALID)));
+                }
+            }
+            // Single use: the code (and any other of the user's) is gone with the verification.
+            verification::delete_codes(conn, id)?;
+            verification::set_attempts(conn, id, CodeAttempts { wrong: 0, ..attempts })?;
+            let user = users::save(
+                conn,
+                &caller.subject,
+                stored.as_ref(),
+                stored_hash.flatten(),
+                outcome,
+                now,
+            )?;
+            Ok(Ok(Box::new(user)))
+        })
+        .await?
+    }
+
+    /// What the sender waits on besides its poll: a commit of this process that queued mail.
+    pub fn mail_queued(&self) -> Arc<tokio::sync::Notify> {
+        self.mail_queued.clone()
+    }
+
+    /// Claims up to `limit` due mail jobs for `lease` (see `verification::claim`); none, without a write, when
+    /// nothing is due.
+    pub async fn claim_mail(&self, lease: std::time::Duration, limit: i64) -> Result<Vec<MailJob>, Error> {
+        let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5));
+        // Most polls find nothing: they read, and only a due job costs a write transaction (on SQLite a turn of
+        // the single writer and an fsync).
+        let due = self
+            .run(|conn| verification::any_due(conn, to_stored_precision(Utc::now())).map_err(read_error))
+            .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        self.transact(move |conn| {
+            let now = to_stored_precision(Utc::now());
+            Ok(verification::claim(conn, now, lease, limit)?)
+        })
+        .await
+    }
+
+    /// Makes the code of a claimed verification mail: its digest is stored (bound to the address, valid for
+    /// `ttl`) and committed before the mail leaves, so the mail never carries a code that is not there yet, and
+    /// the plaintext exists only in the sender's memory. `None`, and the job is dropped, when there is nothing
+    /// to send any more: the user is gone, verified, or has another address now.
+    pub async fn prepare_mail(
+        &self,
+        job: MailJob,
+        ttl: chrono::Duration,
+    ) -> Result<Option<(Box<User>, String)>, Error> {
+        self.transact(move |conn| {
+            let now = to_stored_precision(Utc::now());
+            let user = Uuid::try_parse(&job.user_id)
+                .ok()
+                .and_then(|id| users::lock_all(conn, &[id]).map(|mut m| m.remove(&id)).transpose())
+                .transpose()?
+                .map(|(user, _)| user);
+            let Some(user) = user.filter(|u| {
+                !u.email_verified
+                    && u.delete_time.is_none()
+                    && u.fields.email.to_lowercase() == job.email.to_lowercase()
+            }) else {
+                verification::drop_job(conn, &job.id)?;
+                return Ok(None);
+            };
+            let code = codes::new_code();
+            verification::insert_code(conn, &user, &code.digest, now, ttl)?;
+            Ok(Some((Box::new(user), code.plaintext)))
+        })
+        .await
+    }
+
+    /// Records a job's attempt: sent; or failed, to be tried again at `retry_at` or (with `None`) kept as
+    /// failed. `error` is the transport's message, which never holds the code.
+    pub async fn finish_mail(
+        &self,
+        id: String,
+        sent: bool,
+        retry_at: Option<DateTime<Utc>>,
+        error: String,
+    ) -> Result<(), Error> {
+        self.transact(move |conn| {
+            let now = to_stored_precision(Utc::now());
+            if sent {
+                verification::mark_sent(conn, &id)?;
+            } else {
+                verification::mark_failed_attempt(conn, &id, now, retry_at, &error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The queue's counts, for the metrics.
+    pub async fn mail_stats(&self) -> Result<OutboxStats, Error> {
+        self.run(|conn| verification::stats(conn).map_err(read_error)).await
     }
 }
 
@@ -417,23 +603,38 @@ fn write_all(conn: &mut DbConnection, caller: &Caller, commands: Vec<Command>) -
             users::find(conn, id)?
         };
         let (stored, stored_hash) = stored.unzip();
+        let mail = command.sends_verification_email();
         match command.decide(stored.as_ref(), caller, now) {
-            Ok(outcome) => match users::save(
-                conn,
-                &caller.subject,
-                stored.as_ref(),
-                stored_hash.flatten(),
-                outcome,
-                now,
-            ) {
-                Ok(user) => written.push(user),
-                Err(e) => return stopped(index, db_error(e)),
-            },
+            Ok(outcome) => {
+                let mail = mail && outcome.sets_email();
+                match users::save(
+                    conn,
+                    &caller.subject,
+                    stored.as_ref(),
+                    stored_hash.flatten(),
+                    outcome,
+                    now,
+                )
+                .and_then(|user| queue_mail_if(conn, mail, user, now))
+                {
+                    Ok(user) => written.push(user),
+                    Err(e) => return stopped(index, db_error(e)),
+                }
+            }
             Err(error @ Error::InvalidArgument { .. }) => invalid.push(Refusal { index, error }),
             Err(error) => return stopped(index, error),
         }
     }
     Ok(if invalid.is_empty() { Ok(written) } else { Err(invalid) })
+}
+
+/// Queues the verification mail a write asked for (`mail`: it asked, and it set an address), in the write's
+/// transaction, so a write that rolls back queues nothing.
+fn queue_mail_if(conn: &mut DbConnection, mail: bool, user: User, now: DateTime<Utc>) -> QueryResult<User> {
+    if mail {
+        verification::queue_verification(conn, &user, now)?;
+    }
+    Ok(user)
 }
 
 /// A write stopped at command `index`: that command is refused, unless the database itself failed, which is no

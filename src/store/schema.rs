@@ -71,8 +71,51 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    user_verification_codes (code_digest) {
+        code_digest -> Text,
+        user_id -> Text,
+        email_key -> Text,
+        create_time -> Timestamp,
+        expire_time -> Timestamp,
+    }
+}
+
+diesel::table! {
+    user_verifications (user_id) {
+        user_id -> Text,
+        wrong_codes -> Integer,
+        last_sent_time -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    mail_outbox (id) {
+        id -> Text,
+        user_id -> Text,
+        kind -> Text,
+        email -> Text,
+        create_time -> Timestamp,
+        attempts -> Integer,
+        next_attempt_time -> Timestamp,
+        failed_time -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(user_sign_ins -> users (user_id));
+diesel::joinable!(user_verification_codes -> users (user_id));
+diesel::joinable!(user_verifications -> users (user_id));
 diesel::joinable!(user_labels -> users (user_id));
 diesel::joinable!(user_roles -> users (user_id));
 diesel::joinable!(user_revisions -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, user_labels, user_roles, user_revisions, user_sign_ins);
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    user_labels,
+    user_roles,
+    user_revisions,
+    user_sign_ins,
+    user_verification_codes,
+    user_verifications,
+    mail_outbox
+);

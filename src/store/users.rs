@@ -10,7 +10,9 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::connection::{DbConnection, MultiBackend};
-use super::schema::{user_labels, user_revisions, user_roles, user_sign_ins, users};
+use super::schema::{
+    user_labels, user_revisions, user_roles, user_sign_ins, user_verification_codes, user_verifications, users,
+};
 use crate::domain::change::PasswordWrite;
 use crate::domain::command::Outcome;
 use crate::domain::field_table::user_field_table;
@@ -392,6 +394,7 @@ pub fn save(
                 PasswordWrite::Clear => None,
             };
             let row = UserRow::from_user(&user, hash)?;
+            super::verification::void_codes_on_email_change(conn, stored, &user)?;
             let before = stored.map(|u| &u.fields);
             write_labels(
                 conn,
@@ -516,6 +519,9 @@ pub fn purge_expired(conn: &mut DbConnection, now: DateTime<Utc>) -> QueryResult
     diesel::delete(user_labels::table.filter(user_labels::user_id.eq_any(expired))).execute(conn)?;
     diesel::delete(user_roles::table.filter(user_roles::user_id.eq_any(expired))).execute(conn)?;
     diesel::delete(user_revisions::table.filter(user_revisions::user_id.eq_any(expired))).execute(conn)?;
+    diesel::delete(user_verification_codes::table.filter(user_verification_codes::user_id.eq_any(expired)))
+        .execute(conn)?;
+    diesel::delete(user_verifications::table.filter(user_verifications::user_id.eq_any(expired))).execute(conn)?;
     diesel::delete(users::table.filter(users::purge_time.le(naive(now)))).execute(conn)
 }
 

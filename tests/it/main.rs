@@ -18,6 +18,8 @@ mod replicas;
 mod rest;
 mod rpcs;
 mod sign_in;
+mod smtp;
 mod snapshots;
 mod validation;
+mod verification;
 mod wal;

@@ -64,6 +64,7 @@ async fn create_with_client_id_and_conflicts(app: TestApp) {
             user: Some(user("a@example.com")),
             user_id: id.into(),
             validate_only: false,
+            send_verification_email: false,
         })
         .await
         .expect("create with id")
@@ -74,6 +75,7 @@ async fn create_with_client_id_and_conflicts(app: TestApp) {
             user: Some(user("b@example.com")),
             user_id: id.into(),
             validate_only: false,
+            send_verification_email: false,
         })
         .await;
     let status = expect_code(again, Code::AlreadyExists);
@@ -84,6 +86,7 @@ async fn create_with_client_id_and_conflicts(app: TestApp) {
             user: Some(user("c@example.com")),
             user_id: "not-a-uuid".into(),
             validate_only: false,
+            send_verification_email: false,
         })
         .await;
     let status = expect_code(bad, Code::InvalidArgument);
@@ -102,6 +105,7 @@ async fn create_validate_only_writes_nothing(app: TestApp) {
             user: Some(user("v@example.com")),
             user_id: id.into(),
             validate_only: true,
+            send_verification_email: false,
         })
         .await
         .expect("validate only")

@@ -191,7 +191,12 @@ impl TestApp {
     /// Another server on this server's database (the same SQLite file, or the same PostgreSQL schema), as a
     /// second replica would run. The database stays owned by `self`: keep it alive while this one runs.
     pub async fn start_beside(&self) -> TestApp {
-        TestApp::start_on(self.database_url.clone(), None, None, |_| {}).await
+        self.start_beside_with(|_| {}).await
+    }
+
+    /// [`TestApp::start_beside`] with `configure` applied to the second server's configuration.
+    pub async fn start_beside_with(&self, configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
+        TestApp::start_on(self.database_url.clone(), None, None, configure).await
     }
 
     /// Starts a server on an existing database; `dir` and `pg_schema` are what it removes when dropped.
