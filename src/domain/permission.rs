@@ -33,6 +33,8 @@ pub enum Rpc {
     BatchUpdateUsers,
     ListUserRevisions,
     VerifyPassword,
+    /// The target of a self-service watch is the caller's own user; readers watch every user (`None`).
+    WatchUsers,
 }
 
 impl Caller {
@@ -73,7 +75,7 @@ pub fn authorize(caller: &Caller, rpc: Rpc, target: Option<Uuid>) -> Result<(), 
     let own = target.is_some_and(|id| caller.is_user(id));
     let reader = caller.has_scope(SCOPE_READ);
     let allowed = match rpc {
-        Rpc::GetUser | Rpc::ListUserRevisions => reader || own,
+        Rpc::GetUser | Rpc::ListUserRevisions | Rpc::WatchUsers => reader || own,
         Rpc::LookupUser | Rpc::ListUsers => reader,
         Rpc::UpdateUser | Rpc::BatchUpdateUsers => own,
         Rpc::CreateUser | Rpc::DeleteUser | Rpc::UndeleteUser | Rpc::DisableUser | Rpc::EnableUser => false,
@@ -92,7 +94,7 @@ pub fn is_self_service(caller: &Caller, rpc: Rpc) -> bool {
     if caller.is_admin() {
         return false;
     }
-    let reads = matches!(rpc, Rpc::GetUser | Rpc::ListUserRevisions);
+    let reads = matches!(rpc, Rpc::GetUser | Rpc::ListUserRevisions | Rpc::WatchUsers);
     !(reads && caller.has_scope(SCOPE_READ))
 }
 
@@ -169,7 +171,7 @@ mod tests {
         }
     }
 
-    const ALL: [Rpc; 12] = [
+    const ALL: [Rpc; 13] = [
         Rpc::CreateUser,
         Rpc::GetUser,
         Rpc::LookupUser,
@@ -182,6 +184,7 @@ mod tests {
         Rpc::BatchUpdateUsers,
         Rpc::ListUserRevisions,
         Rpc::VerifyPassword,
+        Rpc::WatchUsers,
     ];
 
     #[test]
@@ -207,18 +210,19 @@ mod tests {
                         | Rpc::UpdateUser
                         | Rpc::ListUserRevisions
                         | Rpc::BatchUpdateUsers
+                        | Rpc::WatchUsers
                 ),
                 "authenticate on its own user {rpc:?}"
             );
             assert!(authorize(&admin, rpc, Some(other)).is_ok(), "{rpc:?}");
             let reads = matches!(
                 rpc,
-                Rpc::GetUser | Rpc::LookupUser | Rpc::ListUsers | Rpc::ListUserRevisions
+                Rpc::GetUser | Rpc::LookupUser | Rpc::ListUsers | Rpc::ListUserRevisions | Rpc::WatchUsers
             );
             assert_eq!(authorize(&reader, rpc, Some(other)).is_ok(), reads, "reader {rpc:?}");
             let own = matches!(
                 rpc,
-                Rpc::GetUser | Rpc::UpdateUser | Rpc::ListUserRevisions | Rpc::BatchUpdateUsers
+                Rpc::GetUser | Rpc::UpdateUser | Rpc::ListUserRevisions | Rpc::BatchUpdateUsers | Rpc::WatchUsers
             );
             assert_eq!(authorize(&myself, rpc, Some(me)).is_ok(), own, "self {rpc:?}");
             assert!(

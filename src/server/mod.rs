@@ -44,7 +44,7 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
     let ready = Arc::new(AtomicBool::new(store.ping().await));
     let tasks = vec![
         tasks::health(store.clone(), metrics.clone(), ready.clone(), health_reporter),
-        tasks::purge(store.clone(), config.purge_interval),
+        tasks::purge(store.clone(), config.purge_interval, config.event_retention),
     ];
     let router = router::router(config, &store, metrics, health_service, ready)?;
     Ok(App { router, store, tasks })

@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod connection;
+mod feed;
 mod schema;
 mod users;
 mod writer;
@@ -25,6 +26,7 @@ pub use writer::WriteStats;
 use crate::domain::caller::Caller;
 use crate::domain::command::{Command, Refusal, WriteError};
 use crate::domain::error::{Conflict, Error};
+use crate::domain::event::{Event, Position};
 use crate::domain::revision::Revision;
 use crate::domain::sign_in::{self, LoginKey};
 use crate::domain::user::{User, to_stored_precision};
@@ -60,6 +62,8 @@ pub struct Store {
     writer: Option<GroupWriter>,
     /// SQLite only: connections for reads of one user, run inline on the async thread (see [`Store::read`]).
     inline_readers: Option<r2d2::Pool<ConnectionManager>>,
+    /// Bumped after every commit that wrote feed events, so watchers wake (see [`Store::feed_signal`]).
+    feed: feed::Signal,
 }
 
 /// Where a sign-in attempt stands once it is taken.
@@ -105,7 +109,15 @@ fn settle<T>(own: Result<T, TxError<T>>, committed: Result<(), Error>) -> Result
 }
 
 /// What the transaction of a write answers: the users written, or the commands refused (and rolled back).
-type Written = Result<Vec<User>, Vec<Refusal>>;
+type Written = Result<Vec<Saved>, Vec<Refusal>>;
+
+/// One command's result: the user as written and the paths its revision records (empty when nothing changed),
+/// which the UpdateUser answer reports (`changed-paths`).
+#[derive(Debug, Clone)]
+pub struct Saved {
+    pub user: User,
+    pub changed_paths: Vec<String>,
+}
 
 impl Store {
     /// Connects, creating the SQLite file and its folder when needed, and runs pending migrations.
@@ -175,11 +187,17 @@ impl Store {
             )
             .map_err(|e| anyhow::anyhow!("starting the checkpoint thread: {e}"))?;
         }
+        let feed = feed::Signal::default();
+        if let DatabaseTarget::Postgres(url) = &target {
+            feed::start_listener(url.clone(), &feed)
+                .map_err(|e| anyhow::anyhow!("starting the change feed listener: {e}"))?;
+        }
         Ok(Store {
             pool,
             reachable,
             writer,
             inline_readers,
+            feed,
         })
     }
 
@@ -372,9 +390,35 @@ impl Store {
         .await
     }
 
-    /// Hard-deletes users whose purge time has passed; returns how many.
-    pub async fn purge_expired(&self, now: DateTime<Utc>) -> Result<usize, Error> {
-        self.transact(move |conn| Ok(users::purge_expired(conn, now)?)).await
+    /// Hard-deletes users whose purge time has passed (each leaves a PURGED event), and drops the feed events
+    /// older than `event_retention`; returns how many users were purged.
+    pub async fn purge_expired(&self, now: DateTime<Utc>, event_retention: Duration) -> Result<usize, Error> {
+        let purged = self.transact(move |conn| Ok(users::purge_expired(conn, now)?)).await?;
+        if purged > 0 {
+            self.feed.notify();
+        }
+        let before = chrono::Duration::from_std(event_retention)
+            .ok()
+            .and_then(|r| now.checked_sub_signed(r))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        self.transact(move |conn| Ok(feed::prune(conn, before)?)).await?;
+        Ok(purged)
+    }
+
+    /// The change feed's head: the position after every change committed so far.
+    pub async fn feed_head(&self) -> Result<Position, Error> {
+        self.run(|conn| feed::head(conn).map_err(read_error)).await
+    }
+
+    /// Up to `limit` events after `after`, in feed order, and the position the read covered (see `feed`).
+    pub async fn feed_after(&self, after: Position, limit: i64) -> Result<(Vec<Event>, Position), Error> {
+        self.run(move |conn| feed::read_after(conn, after, limit).map_err(read_error))
+            .await
+    }
+
+    /// What watchers wait on: it changes after commits that wrote events.
+    pub fn feed_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed.subscribe()
     }
 
     /// Applies `commands` in one transaction: all or nothing (on SQLite a savepoint of the writer's batch,
@@ -382,7 +426,7 @@ impl Store {
     /// it, on behalf of `caller`, who is recorded as the actor of every revision. Commands refused as
     /// INVALID_ARGUMENT are all reported together; any other refusal stops the write at once. With `dry_run`
     /// everything runs, unique constraints included, and is rolled back.
-    pub async fn write(&self, caller: Caller, commands: Vec<Command>, dry_run: bool) -> Result<Vec<User>, WriteError> {
+    pub async fn write(&self, caller: Caller, commands: Vec<Command>, dry_run: bool) -> Result<Vec<Saved>, WriteError> {
         let written = self
             .transact(move |conn| match write_all(conn, &caller, commands)? {
                 Ok(users) if !dry_run => Ok(Ok(users)),
@@ -390,7 +434,12 @@ impl Store {
             })
             .await;
         match written {
-            Ok(Ok(users)) => Ok(users),
+            Ok(Ok(users)) => {
+                if !users.is_empty() {
+                    self.feed.notify();
+                }
+                Ok(users)
+            }
             Ok(Err(refusals)) => Err(WriteError::Refused(refusals)),
             Err(e) => Err(WriteError::Failed(e)),
         }
@@ -417,18 +466,23 @@ fn write_all(conn: &mut DbConnection, caller: &Caller, commands: Vec<Command>) -
             users::find(conn, id)?
         };
         let (stored, stored_hash) = stored.unzip();
+        let kind = command.event_kind();
         match command.decide(stored.as_ref(), caller, now) {
-            Ok(outcome) => match users::save(
+            Ok(outcome) => {
+                let changed_paths = outcome.changed_paths().to_vec();
+                match users::save(
                 conn,
                 &caller.subject,
                 stored.as_ref(),
                 stored_hash.flatten(),
                 outcome,
+                kind,
                 now,
             ) {
-                Ok(user) => written.push(user),
-                Err(e) => return stopped(index, db_error(e)),
-            },
+                    Ok(user) => written.push(Saved { user, changed_paths }),
+                    Err(e) => return stopped(index, db_error(e)),
+                }
+            }
             Err(error @ Error::InvalidArgument { .. }) => invalid.push(Refusal { index, error }),
             Err(error) => return stopped(index, error),
         }

@@ -71,8 +71,30 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// The change feed; ordered by `(txid, seq)` (see the migration `change_feed`).
+    user_events (seq) {
+        seq -> BigInt,
+        txid -> BigInt,
+        user_id -> Text,
+        revision -> BigInt,
+        event_type -> Text,
+        actor -> Text,
+        update_mask -> Text,
+        create_time -> Timestamp,
+        snapshot -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(user_sign_ins -> users (user_id));
 diesel::joinable!(user_labels -> users (user_id));
 diesel::joinable!(user_roles -> users (user_id));
 diesel::joinable!(user_revisions -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, user_labels, user_roles, user_revisions, user_sign_ins);
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    user_labels,
+    user_roles,
+    user_revisions,
+    user_sign_ins,
+    user_events
+);
