@@ -581,26 +581,30 @@ impl UserService for UserServiceImpl {
     }
 
     async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
-        let answer = self.handle("UpdateUser", request, |ctx, req| async move {
-            let validate_only = req.validate_only;
-            let passwords = req.user.as_ref().is_some_and(|u| !u.password.is_empty());
-            self.charge_passwords(&ctx.caller, usize::from(passwords))?;
-            let update = self.prepare_update(&ctx.caller, req, "").await?;
-            let users = self
-                .write_within_conflict_allowance(
-                    &ctx.caller,
-                    Write {
-                        commands: vec![update.command],
-                        validate_only,
-                        batch: false,
-                    },
-                    update.may_conflict,
-                )
-                .await?;
-            let paths = users.first().map(|saved| saved.changed_paths.join(",")).unwrap_or_default();
-            Ok((single(users)?, paths))
-        })
-        .await?;
+        let answer = self
+            .handle("UpdateUser", request, |ctx, req| async move {
+                let validate_only = req.validate_only;
+                let passwords = req.user.as_ref().is_some_and(|u| !u.password.is_empty());
+                self.charge_passwords(&ctx.caller, usize::from(passwords))?;
+                let update = self.prepare_update(&ctx.caller, req, "").await?;
+                let users = self
+                    .write_within_conflict_allowance(
+                        &ctx.caller,
+                        Write {
+                            commands: vec![update.command],
+                            validate_only,
+                            batch: false,
+                        },
+                        update.may_conflict,
+                    )
+                    .await?;
+                let paths = users
+                    .first()
+                    .map(|saved| saved.changed_paths.join(","))
+                    .unwrap_or_default();
+                Ok((single(users)?, paths))
+            })
+            .await?;
         let (metadata, (user, paths), extensions) = answer.into_parts();
         let mut response = Response::from_parts(metadata, user, extensions);
         // The receipt of what changed; paths are ASCII (field names, label keys as written in masks), so a value

@@ -54,11 +54,14 @@ impl Watchers {
     }
 
     fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
-        self.slots.clone().try_acquire_owned().map_err(|_| Error::ResourceExhausted {
-            reason: "TOO_MANY_WATCHERS",
-            message: format!("{} WatchUsers streams are open, the most this server keeps", self.max),
-            retry_after: Duration::from_secs(1),
-        })
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::ResourceExhausted {
+                reason: "TOO_MANY_WATCHERS",
+                message: format!("{} WatchUsers streams are open, the most this server keeps", self.max),
+                retry_after: Duration::from_secs(1),
+            })
     }
 }
 

@@ -224,7 +224,11 @@ mod tests {
             time: DateTime::from_timestamp_micros(1_780_000_000_123_456).unwrap_or_default(),
         };
         let encoded = cursor.encode();
-        assert!(encoded.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            encoded
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
         assert_eq!(FeedCursor::decode(&encoded, "start_cursor").ok(), Some(cursor));
         for bad in ["", "x", "AQ", &encoded[1..], &format!("{encoded}A"), &"A".repeat(100)] {
             assert!(FeedCursor::decode(bad, "start_cursor").is_err(), "{bad}");

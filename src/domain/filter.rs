@@ -96,7 +96,11 @@ impl Filter {
     /// every username pattern and passes every negated one, as SQL's `username IS NULL` branch does.
     pub fn matches(&self, user: &User) -> bool {
         self.conditions.iter().all(|condition| match condition {
-            Condition::Text { field, pattern, negated } => {
+            Condition::Text {
+                field,
+                pattern,
+                negated,
+            } => {
                 let hit = match field {
                     TextField::Email => pattern.matches(&user.fields.email.to_lowercase()),
                     TextField::Username => {
@@ -108,9 +112,7 @@ impl Filter {
             Condition::UsernamePresent { negated } => user.fields.username.is_empty() == *negated,
             Condition::State { state, negated } => (user.state() == *state) != *negated,
             Condition::RegionCode { code, negated } => (user.fields.region_code == *code) != *negated,
-            Condition::LabelEquals { key, value, negated } => {
-                (user.fields.labels.get(key) == Some(value)) != *negated
-            }
+            Condition::LabelEquals { key, value, negated } => (user.fields.labels.get(key) == Some(value)) != *negated,
             Condition::LabelPresent { key, negated } => user.fields.labels.contains_key(key) != *negated,
             Condition::HasRole { role, negated } => user.fields.roles.contains(role) != *negated,
         })

@@ -90,10 +90,10 @@ impl EventRow {
 /// running transaction; SQLite: unbounded (one writer, see the module documentation).
 fn horizon(conn: &mut DbConnection) -> QueryResult<i64> {
     match conn {
-        DbConnection::Postgres(pg) => {
-            diesel::select(diesel::dsl::sql::<BigInt>("pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
-                .get_result(pg)
-        }
+        DbConnection::Postgres(pg) => diesel::select(diesel::dsl::sql::<BigInt>(
+            "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+        ))
+        .get_result(pg),
         DbConnection::Sqlite(_) => Ok(i64::MAX),
     }
 }
@@ -119,7 +119,10 @@ pub fn read_after(conn: &mut DbConnection, after: Position, limit: i64) -> Query
         .into_boxed::<MultiBackend>()
         .load(conn)?;
     let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
-    let events = rows.into_iter().map(EventRow::into_event).collect::<QueryResult<Vec<_>>>()?;
+    let events = rows
+        .into_iter()
+        .map(EventRow::into_event)
+        .collect::<QueryResult<Vec<_>>>()?;
     let mut covered = events.last().map_or(after, |e| e.position);
     if !full && horizon != i64::MAX {
         covered = covered.max(Position {
@@ -211,14 +214,16 @@ impl Signal {
 /// notification, so watchers here see commits of other processes. It ends when the store is gone.
 pub fn start_listener(url: String, signal: &Signal) -> std::io::Result<()> {
     let weak = signal.downgrade();
-    std::thread::Builder::new().name("feed-listener".into()).spawn(move || {
-        while weak.strong_count() > 0 {
-            if let Err(e) = listen(&url, &weak) {
-                tracing::warn!(error = %e, "change feed listener lost its connection; reconnecting");
+    std::thread::Builder::new()
+        .name("feed-listener".into())
+        .spawn(move || {
+            while weak.strong_count() > 0 {
+                if let Err(e) = listen(&url, &weak) {
+                    tracing::warn!(error = %e, "change feed listener lost its connection; reconnecting");
+                }
+                std::thread::sleep(LISTEN_RETRY);
             }
-            std::thread::sleep(LISTEN_RETRY);
-        }
-    })?;
+        })?;
     Ok(())
 }
 
@@ -228,7 +233,8 @@ fn listen(url: &str, weak: &Weak<tokio::sync::watch::Sender<u64>>) -> anyhow::Re
     pg.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     // Wake once on (re)connecting: notifications sent while disconnected are lost.
     let wake = |weak: &Weak<tokio::sync::watch::Sender<u64>>| {
-        weak.upgrade().map(|sender| sender.send_modify(|n| *n = n.wrapping_add(1)))
+        weak.upgrade()
+            .map(|sender| sender.send_modify(|n| *n = n.wrapping_add(1)))
     };
     wake(weak);
     loop {

@@ -471,14 +471,14 @@ fn write_all(conn: &mut DbConnection, caller: &Caller, commands: Vec<Command>) -
             Ok(outcome) => {
                 let changed_paths = outcome.changed_paths().to_vec();
                 match users::save(
-                conn,
-                &caller.subject,
-                stored.as_ref(),
-                stored_hash.flatten(),
-                outcome,
-                kind,
-                now,
-            ) {
+                    conn,
+                    &caller.subject,
+                    stored.as_ref(),
+                    stored_hash.flatten(),
+                    outcome,
+                    kind,
+                    now,
+                ) {
                     Ok(user) => written.push(Saved { user, changed_paths }),
                     Err(e) => return stopped(index, db_error(e)),
                 }

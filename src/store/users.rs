@@ -285,11 +285,9 @@ fn lock_rows(pg: &mut diesel::PgConnection, ids: &[Uuid]) -> QueryResult<Vec<Use
     let mut keys: Vec<i64> = ids.iter().map(user_lock_key).collect();
     keys.sort_unstable();
     keys.dedup();
-    let advisory = diesel::dsl::sql::<Bool>(
-        "(SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(",
-    )
-    .bind::<Array<BigInt>, _>(keys)
-    .sql(") AS k ORDER BY k) AS locks) >= 0");
+    let advisory = diesel::dsl::sql::<Bool>("(SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(")
+        .bind::<Array<BigInt>, _>(keys)
+        .sql(") AS k ORDER BY k) AS locks) >= 0");
     match ids {
         [id] => users::table
             .find(id.to_string())

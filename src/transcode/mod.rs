@@ -347,7 +347,8 @@ pub(crate) async fn read_limited(mut body: AxumBody, limit: usize) -> Result<Byt
 pub(crate) fn copy_passthrough_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
         let n = name.as_str();
-        if n.starts_with("ratelimit") || n == "retry-after" || n == "www-authenticate" || n == crate::api::CHANGED_PATHS {
+        if n.starts_with("ratelimit") || n == "retry-after" || n == "www-authenticate" || n == crate::api::CHANGED_PATHS
+        {
             to.insert(name.clone(), value.clone());
         }
     }

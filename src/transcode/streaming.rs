@@ -25,9 +25,14 @@ pub const EVENT_STREAM: &str = "text/event-stream";
 /// Whether the client asked for Server-Sent Events.
 fn wants_event_stream(accept: Option<&HeaderValue>) -> bool {
     accept.and_then(|v| v.to_str().ok()).is_some_and(|accept| {
-        accept
-            .split(',')
-            .any(|media| media.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(EVENT_STREAM))
+        accept.split(',').any(|media| {
+            media
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(EVENT_STREAM)
+        })
     })
 }
 
@@ -181,7 +186,9 @@ mod tests {
     fn event_stream_is_chosen_only_when_accepted() {
         let v = |s: &'static str| HeaderValue::from_static(s);
         assert!(wants_event_stream(Some(&v("text/event-stream"))));
-        assert!(wants_event_stream(Some(&v("application/json, TEXT/EVENT-STREAM;q=0.9"))));
+        assert!(wants_event_stream(Some(&v(
+            "application/json, TEXT/EVENT-STREAM;q=0.9"
+        ))));
         assert!(!wants_event_stream(Some(&v("application/x-ndjson"))));
         assert!(!wants_event_stream(None));
     }
