@@ -149,10 +149,16 @@ async fn each_kind_of_change_is_one_event(app: TestApp) {
     .expect("enable");
     let disabled = next_change(&mut stream).await;
     assert_eq!((disabled.r#type, disabled.revision), (Type::Disabled as i32, 3));
-    assert_eq!(disabled.user.as_ref().map(|u| u.state), Some(pb::user::State::Disabled as i32));
+    assert_eq!(
+        disabled.user.as_ref().map(|u| u.state),
+        Some(pb::user::State::Disabled as i32)
+    );
     let enabled = next_change(&mut stream).await;
     assert_eq!((enabled.r#type, enabled.revision), (Type::Enabled as i32, 4));
-    assert_eq!(enabled.user.as_ref().map(|u| u.state), Some(pb::user::State::Active as i32));
+    assert_eq!(
+        enabled.user.as_ref().map(|u| u.state),
+        Some(pb::user::State::Active as i32)
+    );
 
     for (expected, revision) in [(Type::Deleted, 5), (Type::Undeleted, 6), (Type::Deleted, 7)] {
         if expected == Type::Deleted {
@@ -277,7 +283,10 @@ async fn resuming_from_a_cursor_has_no_gap_and_no_duplicate(app: TestApp) {
     drop(stream);
     let mut resumed = watch(&mut c, &cursor, "", false).await;
     let bookmark = next(&mut resumed).await;
-    assert_eq!((bookmark.r#type, bookmark.cursor.as_str()), (Type::Bookmark as i32, cursor.as_str()));
+    assert_eq!(
+        (bookmark.r#type, bookmark.cursor.as_str()),
+        (Type::Bookmark as i32, cursor.as_str())
+    );
     for id in &ids[3..] {
         let event = next_change(&mut resumed).await;
         assert_eq!(event.user.as_ref().map(|u| &u.id), Some(id));
@@ -335,47 +344,23 @@ async fn self_service_and_filters_apply(app: TestApp) {
     let mut colombians = watch(&mut reader, "", "region_code = \"CO\"", false).await;
     next(&mut colombians).await;
     // Outsiders of the filter: the other user is never in Colombia.
-    update(
-        &mut c,
-        pb::User {
-            id: other.id.clone(),
-            given_name: "Other".into(),
-            ..Default::default()
-        },
-        &["given_name"],
-    )
-    .await
-    .expect("update other");
-    update(
-        &mut c,
-        pb::User {
-            id: mine.id.clone(),
-            region_code: "CO".into(),
-            ..Default::default()
-        },
-        &["region_code"],
-    )
-    .await
-    .expect("move to CO");
-    update(
-        &mut c,
-        pb::User {
-            id: mine.id.clone(),
-            region_code: "US".into(),
-            ..Default::default()
-        },
-        &["region_code"],
-    )
-    .await
-    .expect("move to US");
+    set_region(&mut c, &other.id, "US").await;
+    set_region(&mut c, &mine.id, "CO").await;
+    set_region(&mut c, &mine.id, "US").await;
     let first = next_update(&mut own_stream).await;
-    assert_eq!((first.user.as_ref().map(|u| &u.id), first.revision), (Some(&mine.id), 2));
+    assert_eq!(
+        (first.user.as_ref().map(|u| &u.id), first.revision),
+        (Some(&mine.id), 2)
+    );
     let second = next_change(&mut own_stream).await;
     assert_eq!(second.revision, 3);
     expect_silence(&mut own_stream, Duration::from_millis(300)).await;
     let filtered = next_change(&mut colombians).await;
     assert_eq!(
-        (filtered.user.as_ref().map(|u| u.region_code.as_str()), filtered.revision),
+        (
+            filtered.user.as_ref().map(|u| u.region_code.as_str()),
+            filtered.revision
+        ),
         (Some("CO"), 2),
         "only the change that left the user in CO"
     );
@@ -383,7 +368,25 @@ async fn self_service_and_filters_apply(app: TestApp) {
 
     // Someone else's token without scope watching: sees nothing of ours. A token whose sub is no user id may not.
     let mut stranger = app.client_with(Some(token("not-a-user-id", &[]))).await;
-    expect_code(stranger.watch_users(pb::WatchUsersRequest::default()).await, Code::PermissionDenied);
+    expect_code(
+        stranger.watch_users(pb::WatchUsersRequest::default()).await,
+        Code::PermissionDenied,
+    );
+}
+
+/// Sets a user's region code.
+async fn set_region(c: &mut Client, id: &str, code: &str) {
+    update(
+        c,
+        pb::User {
+            id: id.to_owned(),
+            region_code: code.to_owned(),
+            ..Default::default()
+        },
+        &["region_code"],
+    )
+    .await
+    .expect("update");
 }
 
 async fn self_service_sees_only_its_own_user_and_filters_apply(app: TestApp) {
@@ -427,7 +430,11 @@ async fn silence_sends_bookmarks_that_resume(app: TestApp) {
     let later = create(&mut c, user("later@example.com")).await;
     let mut resumed = watch(&mut c, &bookmark.cursor, "", false).await;
     let event = next_change(&mut resumed).await;
-    assert_eq!(event.user.as_ref().map(|u| &u.id), Some(&later.id), "the bookmark resumes after the last event");
+    assert_eq!(
+        event.user.as_ref().map(|u| &u.id),
+        Some(&later.id),
+        "the bookmark resumes after the last event"
+    );
 }
 
 /// The UpdateUser answer tells the revision's changed paths (empty for a no-op) in `changed-paths`.
@@ -450,7 +457,10 @@ async fn update_answers_carry_the_changed_paths(app: TestApp) {
         Some("given_name,family_name")
     );
     let again = c.update_user(request("Ana")).await.expect("no-op");
-    assert_eq!(again.metadata().get("changed-paths").and_then(|v| v.to_str().ok()), Some(""));
+    assert_eq!(
+        again.metadata().get("changed-paths").and_then(|v| v.to_str().ok()),
+        Some("")
+    );
     let http = crate::http::HttpClient::new(app.addr);
     let rest = http
         .rest(
@@ -508,7 +518,10 @@ async fn rest_streams_ndjson_and_sse_resuming_with_last_event_id(app: TestApp) {
     let mut buffer = Vec::new();
     read_until(&mut body, &mut buffer, |b| b.contains(&b'\n')).await;
     let created = create(&mut c, user("ndjson@example.com")).await;
-    read_until(&mut body, &mut buffer, |b| b.iter().filter(|&&x| x == b'\n').count() >= 2).await;
+    read_until(&mut body, &mut buffer, |b| {
+        b.iter().filter(|&&x| x == b'\n').count() >= 2
+    })
+    .await;
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&buffer)
         .lines()
         .map(|l| serde_json::from_str(l).expect("each line is JSON"))
@@ -531,12 +544,18 @@ async fn rest_streams_ndjson_and_sse_resuming_with_last_event_id(app: TestApp) {
     );
     let mut body = response.into_body();
     let mut buffer = Vec::new();
-    read_until(&mut body, &mut buffer, |b| String::from_utf8_lossy(b).matches("\n\n").count() >= 2).await;
+    read_until(&mut body, &mut buffer, |b| {
+        String::from_utf8_lossy(b).matches("\n\n").count() >= 2
+    })
+    .await;
     let text = String::from_utf8_lossy(&buffer).into_owned();
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(events[0], format!("id: {cursor}\ndata: {}", first_data(events[0])));
     let data: serde_json::Value = serde_json::from_str(first_data(events[1])).expect("data is JSON");
-    assert_eq!((data["type"].as_str(), data["user"]["id"].as_str()), (Some("CREATED"), Some(second.id.as_str())));
+    assert_eq!(
+        (data["type"].as_str(), data["user"]["id"].as_str()),
+        (Some("CREATED"), Some(second.id.as_str()))
+    );
     assert!(events[1].starts_with(&format!("id: {}\n", data["cursor"].as_str().unwrap_or_default())));
 
     let refused = rest_get(&app, "/v1/users:watch?startCursor=nonsense", &[]).await;
@@ -547,10 +566,7 @@ async fn rest_streams_ndjson_and_sse_resuming_with_last_event_id(app: TestApp) {
 }
 
 fn first_data(event: &str) -> &str {
-    event
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .unwrap_or_default()
+    event.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or_default()
 }
 
 /// gRPC-Web carries the stream as a browser library reads it: one length-prefixed message frame per event.
@@ -613,7 +629,12 @@ async fn two_processes_on_one_postgres_each_see_every_change_once() {
     let a = create(&mut c1, user("one@example.com")).await;
     let b = create(&mut c2, user("two@example.com")).await;
     let mut writers = Vec::new();
-    let pairs = [(c1.clone(), a.id.clone()), (c2.clone(), b.id.clone()), (c1, b.id.clone()), (c2, a.id.clone())];
+    let pairs = [
+        (c1.clone(), a.id.clone()),
+        (c2.clone(), b.id.clone()),
+        (c1, b.id.clone()),
+        (c2, a.id.clone()),
+    ];
     for (w, (client, id)) in pairs.into_iter().enumerate() {
         let mut client = client;
         writers.push(tokio::spawn(async move {
@@ -701,14 +722,21 @@ async fn a_transaction_held_open_delays_but_never_loses_events() {
     while let Ok(message) = tokio::time::timeout_at(deadline, stream.message()).await {
         let event = message.expect("stream ok").expect("stream open");
         let leftover = event.r#type == Type::Created as i32 && event.user.as_ref().map(|u| &u.id) == Some(&held.id);
-        assert!(event.r#type == Type::Bookmark as i32 || leftover, "delivered past the held transaction: {event:?}");
+        assert!(
+            event.r#type == Type::Bookmark as i32 || leftover,
+            "delivered past the held transaction: {event:?}"
+        );
     }
     raw.batch_execute("COMMIT").expect("commit");
     let mut first = next_change(&mut stream).await;
     if first.user.as_ref().map(|u| &u.id) == Some(&held.id) && first.revision == 1 {
         first = next_change(&mut stream).await;
     }
-    assert_eq!((first.actor.as_str(), first.revision), ("raw", 2), "the held change, first: its id is smallest");
+    assert_eq!(
+        (first.actor.as_str(), first.revision),
+        ("raw", 2),
+        "the held change, first: its id is smallest"
+    );
     for id in &later {
         let event = next_change(&mut stream).await;
         assert_eq!(event.user.as_ref().map(|u| &u.id), Some(id));
@@ -769,7 +797,11 @@ async fn a_waiting_batch_keeps_each_users_events_in_revision_order() {
             .or_default()
             .push(event.revision);
     }
-    assert_eq!(revisions.get(&b), Some(&vec![2, 3]), "B's revisions in order: {revisions:?}");
+    assert_eq!(
+        revisions.get(&b),
+        Some(&vec![2, 3]),
+        "B's revisions in order: {revisions:?}"
+    );
     assert_eq!(revisions.get(&a), Some(&vec![2]));
     assert_eq!(revisions.get(&cc), Some(&vec![2]));
 }
