@@ -31,6 +31,7 @@ backend_tests!(
     rest_streams_ndjson_and_sse_resuming_with_last_event_id,
     grpc_web_streams_the_events,
     update_answers_carry_the_changed_paths,
+    the_feed_filter_selects_what_list_users_does,
 );
 
 backend_tests!(app = TestApp::builder().configure(|c| c.max_watchers = 2); watchers_past_the_limit_are_refused);
@@ -804,4 +805,75 @@ async fn a_waiting_batch_keeps_each_users_events_in_revision_order() {
     );
     assert_eq!(revisions.get(&a), Some(&vec![2]));
     assert_eq!(revisions.get(&cc), Some(&vec![2]));
+}
+
+/// The feed's filter is the ListUsers filter: for each filter, the creations a filtered stream delivers are
+/// exactly the users ListUsers returns for it (the stream evaluates it in memory, ListUsers in SQL).
+async fn the_feed_filter_selects_what_list_users_does(app: TestApp) {
+    let mut c = app.client.clone();
+    let filters = [
+        "email = \"*@b.example.com\"",
+        "email:ann",
+        "email != ann@a.example.com",
+        "username = \"ann*\"",
+        "username != \"ann*\"",
+        "username:*",
+        "username != *",
+        "region_code = CO",
+        "region_code != co",
+        "labels.team = core",
+        "labels.team:*",
+        "labels.team != core",
+        "roles:admin",
+        "state = ACTIVE AND labels.team = core AND region_code = CO",
+    ];
+    let mut streams = Vec::new();
+    for filter in filters {
+        let mut stream = watch(&mut c, "", filter, false).await;
+        next(&mut stream).await;
+        streams.push(stream);
+    }
+    let people = [
+        ("ann@a.example.com", "ann", "CO", Some("core"), vec!["admin"]),
+        ("bob@b.example.com", "", "US", Some("web"), vec![]),
+        ("joann@b.example.com", "joann", "CO", None, vec!["admin", "ops"]),
+        ("carl@a.example.com", "annex", "", Some("core"), vec!["ops"]),
+        ("dana@c.example.com", "", "CO", Some("core"), vec![]),
+    ];
+    for (email, username, region, team, roles) in people {
+        create(
+            &mut c,
+            pb::User {
+                email: email.into(),
+                username: username.into(),
+                region_code: region.into(),
+                labels: team
+                    .map(|t| [("team".to_owned(), t.to_owned())].into())
+                    .unwrap_or_default(),
+                roles: roles.into_iter().map(str::to_owned).collect(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    for (filter, mut stream) in filters.into_iter().zip(streams) {
+        let listed = c
+            .list_users(pb::ListUsersRequest {
+                filter: filter.into(),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        let mut expected: Vec<String> = listed.users.into_iter().map(|u| u.email).collect();
+        let mut seen = Vec::new();
+        for _ in 0..expected.len() {
+            seen.push(next_change(&mut stream).await.user.map(|u| u.email).unwrap_or_default());
+        }
+        expect_silence(&mut stream, Duration::from_millis(200)).await;
+        expected.sort();
+        seen.sort();
+        assert_eq!(seen, expected, "filter {filter}");
+    }
 }
