@@ -30,6 +30,11 @@ const BUFFER: usize = 16;
 /// notification (a reconnecting listener), not the normal path.
 const BACKSTOP_POLL: Duration = Duration::from_secs(2);
 
+/// The first wait before looking again at events held back by an older transaction, doubling up to
+/// [`HELD_BACK_MAX`]: a long transaction elsewhere in the cluster costs a few reads a second per waiting stream.
+const HELD_BACK_POLL: Duration = Duration::from_millis(10);
+const HELD_BACK_MAX: Duration = Duration::from_millis(200);
+
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::UserEvent, Status>> + Send + 'static>>;
 
 /// The streams a process serves: how many may be open, and the feed's timing.
@@ -145,18 +150,19 @@ impl Feed {
         let mut signal = self.store.feed_signal();
         let mut at: Position = start.position;
         let mut quiet_since = tokio::time::Instant::now();
+        let mut held_back_poll = HELD_BACK_POLL;
         loop {
             // Marked seen before the read: a commit after this point changes the signal again.
             signal.borrow_and_update();
-            let (events, covered) = match self.store.feed_after(at, PAGE).await {
+            let page = match self.store.feed_after(at, PAGE).await {
                 Ok(read) => read,
                 Err(e) => {
                     let _ = self.send(Err(status::to_status(e, &self.request_id))).await;
                     return Err(Gone);
                 }
             };
-            let full = i64::try_from(events.len()).unwrap_or(i64::MAX) >= PAGE;
-            for event in &events {
+            let full = i64::try_from(page.events.len()).unwrap_or(i64::MAX) >= PAGE;
+            for event in &page.events {
                 at = event.position;
                 if self.watch.sees(event) {
                     let cursor = FeedCursor {
@@ -167,14 +173,24 @@ impl Feed {
                     quiet_since = tokio::time::Instant::now();
                 }
             }
-            at = at.max(covered);
+            at = at.max(page.covered);
             if full {
                 continue;
             }
+            // Events held back by an older transaction are delivered once it ends, which notifies nobody: look
+            // again soon, backing off while it lasts.
+            let poll = if page.held_back {
+                let wait = held_back_poll;
+                held_back_poll = (held_back_poll * 2).min(HELD_BACK_MAX);
+                wait
+            } else {
+                held_back_poll = HELD_BACK_POLL;
+                BACKSTOP_POLL
+            };
             let bookmark_due = quiet_since + self.bookmark_interval;
             tokio::select! {
                 _ = signal.changed() => {}
-                () = tokio::time::sleep(BACKSTOP_POLL) => {}
+                () = tokio::time::sleep(poll) => {}
                 () = tokio::time::sleep_until(bookmark_due) => {
                     let cursor = FeedCursor { position: at, time: Utc::now() };
                     self.send(Ok(bookmark(cursor.encode()))).await?;

@@ -98,9 +98,21 @@ fn horizon(conn: &mut DbConnection) -> QueryResult<i64> {
     }
 }
 
-/// One page of events after `after`, in feed order, and the position the reader has covered: the last event's,
-/// or, when the page is not full, as far as the horizon (so a watcher with nothing to send still moves on).
-pub fn read_after(conn: &mut DbConnection, after: Position, limit: i64) -> QueryResult<(Vec<Event>, Position)> {
+/// What one read of the feed found.
+#[derive(Debug)]
+pub struct Page {
+    /// Events after the reader's position, in feed order.
+    pub events: Vec<Event>,
+    /// How far the reader has covered: the last event's position, or, when the page is not full, as far as the
+    /// horizon (so a watcher with nothing to send still moves on).
+    pub covered: Position,
+    /// Committed events above the horizon wait for an older transaction to end (PostgreSQL): nothing will
+    /// notify the reader when it does, so it should look again soon.
+    pub held_back: bool,
+}
+
+/// One page of events after `after` (see [`Page`]).
+pub fn read_after(conn: &mut DbConnection, after: Position, limit: i64) -> QueryResult<Page> {
     // The horizon is read before the events: every transaction below it had ended before the events' snapshot.
     let horizon = horizon(conn)?;
     let rows: Vec<EventRow> = user_events::table
@@ -124,13 +136,22 @@ pub fn read_after(conn: &mut DbConnection, after: Position, limit: i64) -> Query
         .map(EventRow::into_event)
         .collect::<QueryResult<Vec<_>>>()?;
     let mut covered = events.last().map_or(after, |e| e.position);
+    let mut held_back = false;
     if !full && horizon != i64::MAX {
         covered = covered.max(Position {
             txid: horizon - 1,
             seq: i64::MAX,
         });
+        held_back = diesel::select(diesel::dsl::exists(
+            user_events::table.filter(user_events::txid.ge(horizon.max(after.txid))),
+        ))
+        .get_result(conn)?;
     }
-    Ok((events, covered))
+    Ok(Page {
+        events,
+        covered,
+        held_back,
+    })
 }
 
 /// Where a stream without a start cursor begins: after everything committed so far (PostgreSQL: everything

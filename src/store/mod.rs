@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use connection::{ConnectionManager, DbConnection};
 pub use connection::{DatabaseTarget, SqliteSync};
+pub use feed::Page;
 pub use users::{Cursor, ListQuery};
 use writer::GroupWriter;
 pub use writer::WriteStats;
@@ -26,7 +27,7 @@ pub use writer::WriteStats;
 use crate::domain::caller::Caller;
 use crate::domain::command::{Command, Refusal, WriteError};
 use crate::domain::error::{Conflict, Error};
-use crate::domain::event::{Event, Position};
+use crate::domain::event::Position;
 use crate::domain::revision::Revision;
 use crate::domain::sign_in::{self, LoginKey};
 use crate::domain::user::{User, to_stored_precision};
@@ -410,8 +411,9 @@ impl Store {
         self.run(|conn| feed::head(conn).map_err(read_error)).await
     }
 
-    /// Up to `limit` events after `after`, in feed order, and the position the read covered (see `feed`).
-    pub async fn feed_after(&self, after: Position, limit: i64) -> Result<(Vec<Event>, Position), Error> {
+    /// Up to `limit` events after `after`, in feed order, the position the read covered, and whether committed
+    /// events wait above the visibility horizon (see `feed`).
+    pub async fn feed_after(&self, after: Position, limit: i64) -> Result<feed::Page, Error> {
         self.run(move |conn| feed::read_after(conn, after, limit).map_err(read_error))
             .await
     }
