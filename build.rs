@@ -78,8 +78,8 @@ impl prost_build::ServiceGenerator for WithRestHandlers {
     }
 }
 
-/// `<service>_handlers(service, limits)`: one handler per unary method, keyed by its full name. Streaming
-/// methods have none; a REST rule on one fails at start.
+/// `<service>_handlers(service, limits)`: one handler per unary or server-streaming method, keyed by its full
+/// name. Client-streaming methods have none; a REST rule on one fails at start.
 fn rest_handlers(service: &prost_build::Service) -> String {
     let module = format!("{}_server", snake(&service.name));
     let full_service = if service.package.is_empty() {
@@ -90,7 +90,7 @@ fn rest_handlers(service: &prost_build::Service) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n/// The unary methods of `{full_service}` as handlers of encoded requests, by full method name: the REST \
+        "\n/// The unary and server-streaming methods of `{full_service}` as handlers of encoded requests, by full method name: the REST \
          transcoder calls the service through these."
     );
     let _ = writeln!(
@@ -102,12 +102,18 @@ fn rest_handlers(service: &prost_build::Service) -> String {
     );
     let _ = writeln!(out, "    ::std::vec![");
     for method in &service.methods {
-        if method.client_streaming || method.server_streaming {
+        if method.client_streaming {
             continue;
         }
+        // A server-streaming method's handler also names its stream type, which the trait declares.
+        let (dispatch, stream) = if method.server_streaming {
+            ("server_streaming", format!("T::{}Stream, ", method.proto_name))
+        } else {
+            ("unary", String::new())
+        };
         let _ = writeln!(
             out,
-            "        (\"{full_service}.{proto}\", crate::rest_dispatch::unary::<{input}, {output}, T, _, _>(\
+            "        (\"{full_service}.{proto}\", crate::rest_dispatch::{dispatch}::<{input}, {output}, {stream}T, _, _>(\
              service.clone(), limits, |service, request| async move {{ \
              <T as {module}::{trait_name}>::{name}(&service, request).await }})),",
             proto = method.proto_name,

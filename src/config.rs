@@ -40,6 +40,8 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start and moved into the server: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Serve gRPC, gRPC-Web and REST on one port (runs pending migrations first).
     Serve(ServeConfig),
@@ -196,6 +198,20 @@ pub struct ServeConfig {
     /// How often soft-deleted users past their purge time are removed for good.
     #[arg(long, env = "USER_SERVICE_PURGE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub purge_interval: Duration,
+
+    /// How long change feed events are kept (a purged user's PURGED event too); a WatchUsers cursor older than
+    /// this is FAILED_PRECONDITION `CURSOR_EXPIRED`. Pruned by the purge loop.
+    #[arg(long, env = "USER_SERVICE_EVENT_RETENTION", default_value = "168h", value_parser = parse_duration)]
+    pub event_retention: Duration,
+
+    /// Most open WatchUsers streams; past it new ones are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "USER_SERVICE_MAX_WATCHERS", default_value_t = 1024)]
+    pub max_watchers: usize,
+
+    /// How long a WatchUsers stream stays silent before it sends a BOOKMARK (tests shorten it).
+    #[arg(long, env = "USER_SERVICE_WATCH_BOOKMARK_INTERVAL", default_value = "30s", value_parser = parse_duration,
+          hide = true)]
+    pub watch_bookmark_interval: Duration,
 
     /// Boxed: the subcommand enum stays small.
     #[command(flatten)]

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use prost::{Message, Name};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -39,6 +40,34 @@ where
             Ok(Reply {
                 message: encode_response(&message, limits.max_encoding)?,
                 headers: metadata.into_headers(),
+                stream: None,
+            })
+        })
+    })
+}
+
+/// The handler of a server-streaming method: `method` calls the trait method on `service`; each message of
+/// its stream is encoded under the same limit as a unary answer.
+pub fn server_streaming<Req, Resp, St, S, F, Fut>(service: Arc<S>, limits: MessageLimits, method: F) -> Handler
+where
+    Req: Message + Name + Default + Send + 'static,
+    Resp: Message + Send + 'static,
+    St: Stream<Item = Result<Resp, Status>> + Send + 'static,
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, Request<Req>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<St>, Status>> + Send + 'static,
+{
+    Arc::new(move |call: Call| {
+        let request = decode_request::<Req>(call.message, limits.max_decoding)
+            .map(|message| Request::from_parts(MetadataMap::from_headers(call.headers), call.extensions, message));
+        let answer = request.map(|request| method(service.clone(), request));
+        Box::pin(async move {
+            let (metadata, messages, _) = answer?.await?.into_parts();
+            let encoded = messages.map(move |item| item.and_then(|m| encode_response(&m, limits.max_encoding)));
+            Ok(Reply {
+                message: Bytes::new(),
+                headers: metadata.into_headers(),
+                stream: Some(Box::pin(encoded)),
             })
         })
     })

@@ -75,16 +75,32 @@ pub fn bearer_challenge(invalid_token: bool) -> HeaderValue {
     })
 }
 
-/// A JSON error response.
-pub fn error_response(status: StatusCode, code_name: &str, message: &str, details: Vec<Value>) -> Response<Body> {
-    let body = json!({
+/// The JSON body of a REST error.
+fn error_json(status: StatusCode, code_name: &str, message: &str, details: Vec<Value>) -> Value {
+    json!({
         "error": {
             "code": status.as_u16(),
             "message": message,
             "status": code_name,
             "details": details,
         }
-    });
+    })
+}
+
+/// The REST error body of a status, as [`status_response`] writes it: also the last message of a REST stream
+/// that fails part-way.
+pub fn status_json(status: &Status) -> Value {
+    error_json(
+        http_status(status.code()),
+        code_name(status.code()),
+        status.message(),
+        details_json(status),
+    )
+}
+
+/// A JSON error response.
+pub fn error_response(status: StatusCode, code_name: &str, message: &str, details: Vec<Value>) -> Response<Body> {
+    let body = error_json(status, code_name, message, details);
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;
     response

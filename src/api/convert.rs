@@ -8,6 +8,7 @@ use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
 
 use crate::domain::FieldViolation;
+use crate::domain::event::{Event, EventKind};
 use crate::domain::field_table::user_field_table;
 use crate::domain::revision::Revision;
 use crate::domain::user::{Membership, State, User, UserFields};
@@ -256,6 +257,45 @@ pub fn revision_to_proto(r: &Revision) -> pb::UserRevision {
         create_time: Some(timestamp(r.create_time)),
         before: Some(json_to_struct(&r.before)),
         after: Some(json_to_struct(&r.after)),
+    }
+}
+
+/// A feed event as sent; a purged user is only its id.
+pub fn event_to_proto(e: &Event, cursor: String) -> pb::UserEvent {
+    let kind = match e.kind {
+        EventKind::Created => pb::user_event::Type::Created,
+        EventKind::Updated => pb::user_event::Type::Updated,
+        EventKind::Deleted => pb::user_event::Type::Deleted,
+        EventKind::Undeleted => pb::user_event::Type::Undeleted,
+        EventKind::Disabled => pb::user_event::Type::Disabled,
+        EventKind::Enabled => pb::user_event::Type::Enabled,
+        EventKind::EmailVerified => pb::user_event::Type::EmailVerified,
+        EventKind::Purged => pb::user_event::Type::Purged,
+    };
+    let user = match &e.user {
+        Some(user) => user_to_proto(user),
+        None => pb::User {
+            id: e.user_id.to_string(),
+            ..pb::User::default()
+        },
+    };
+    pb::UserEvent {
+        cursor,
+        r#type: kind as i32,
+        user: Some(user),
+        revision: e.revision,
+        update_mask: Some(prost_types::FieldMask { paths: e.paths.clone() }),
+        actor: e.actor.clone(),
+        create_time: Some(timestamp(e.create_time)),
+    }
+}
+
+/// A bookmark: only a cursor to resume from.
+pub fn bookmark(cursor: String) -> pb::UserEvent {
+    pb::UserEvent {
+        cursor,
+        r#type: pb::user_event::Type::Bookmark as i32,
+        ..pb::UserEvent::default()
     }
 }
 

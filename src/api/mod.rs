@@ -5,6 +5,7 @@ pub mod codec;
 mod convert;
 mod page_token;
 pub mod status;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -29,10 +30,13 @@ use crate::pb;
 use crate::pb::user_service_server::UserService;
 use crate::pb::verify_password_request::Login;
 use crate::rpc_status::code_name;
-use crate::store::{Cursor, ListQuery, SignInStart, Store};
+use crate::store::{Cursor, ListQuery, Saved, SignInStart, Store};
 use chrono::Utc;
 use convert::{fields_from_proto, revision_to_proto, user_to_proto};
 use page_token::PageToken;
+
+/// The response header (gRPC: initial metadata) of an UpdateUser answer listing its revision's changed paths.
+pub const CHANGED_PATHS: &str = "changed-paths";
 
 /// Default and largest page sizes of the list methods (AIP-158: larger requests are lowered, not refused).
 pub const DEFAULT_PAGE_SIZE: i32 = 50;
@@ -63,6 +67,8 @@ pub struct UserServiceImpl {
     dummy_hash: Arc<tokio::sync::OnceCell<String>>,
     /// How long a verification code is valid (`--verification-ttl`).
     verification_ttl: chrono::Duration,
+    /// The open WatchUsers streams and their settings.
+    watchers: watch::Watchers,
 }
 
 impl UserServiceImpl {
@@ -78,7 +84,14 @@ impl UserServiceImpl {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             dummy_hash: Arc::new(tokio::sync::OnceCell::new()),
             verification_ttl: chrono::Duration::hours(24),
+            watchers: watch::Watchers::default(),
         }
+    }
+
+    /// How many WatchUsers streams may be open, and their timing (`--max-watchers`, `--event-retention`).
+    pub fn with_watchers(mut self, watchers: watch::Watchers) -> Self {
+        self.watchers = watchers;
+        self
     }
 
     /// How long the verification codes this service makes are valid.
@@ -211,7 +224,7 @@ impl UserServiceImpl {
         caller: &Caller,
         write: Write,
         may_conflict: bool,
-    ) -> Result<Vec<User>, Error> {
+    ) -> Result<Vec<Saved>, Error> {
         let reservation = if may_conflict && !caller.is_admin() {
             Some(self.conflict_answers.reserve(&caller.subject).map_err(|retry_after| {
                 Error::ResourceExhausted {
@@ -319,7 +332,7 @@ fn item_path(index: usize) -> String {
 
 impl UserServiceImpl {
     /// Writes commands, each refusal placed where its command sits in the request.
-    async fn write(&self, caller: &Caller, write: Write) -> Result<Vec<User>, Error> {
+    async fn write(&self, caller: &Caller, write: Write) -> Result<Vec<Saved>, Error> {
         let Write {
             commands,
             validate_only,
@@ -463,10 +476,10 @@ impl UserServiceImpl {
     }
 }
 
-fn single(users: Vec<User>) -> Result<pb::User, Error> {
+fn single(users: Vec<Saved>) -> Result<pb::User, Error> {
     users
         .first()
-        .map(user_to_proto)
+        .map(|saved| user_to_proto(&saved.user))
         .ok_or_else(|| Error::internal("a write returned no user"))
 }
 
@@ -583,25 +596,38 @@ impl UserService for UserServiceImpl {
     }
 
     async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
-        self.handle("UpdateUser", request, |ctx, req| async move {
-            let validate_only = req.validate_only;
-            let passwords = req.user.as_ref().is_some_and(|u| !u.password.is_empty());
-            self.charge_passwords(&ctx.caller, usize::from(passwords))?;
-            let update = self.prepare_update(&ctx.caller, req, "").await?;
-            let users = self
-                .write_within_conflict_allowance(
-                    &ctx.caller,
-                    Write {
-                        commands: vec![update.command],
-                        validate_only,
-                        batch: false,
-                    },
-                    update.may_conflict,
-                )
-                .await?;
-            single(users)
-        })
-        .await
+        let answer = self
+            .handle("UpdateUser", request, |ctx, req| async move {
+                let validate_only = req.validate_only;
+                let passwords = req.user.as_ref().is_some_and(|u| !u.password.is_empty());
+                self.charge_passwords(&ctx.caller, usize::from(passwords))?;
+                let update = self.prepare_update(&ctx.caller, req, "").await?;
+                let users = self
+                    .write_within_conflict_allowance(
+                        &ctx.caller,
+                        Write {
+                            commands: vec![update.command],
+                            validate_only,
+                            batch: false,
+                        },
+                        update.may_conflict,
+                    )
+                    .await?;
+                let paths = users
+                    .first()
+                    .map(|saved| saved.changed_paths.join(","))
+                    .unwrap_or_default();
+                Ok((single(users)?, paths))
+            })
+            .await?;
+        let (metadata, (user, paths), extensions) = answer.into_parts();
+        let mut response = Response::from_parts(metadata, user, extensions);
+        // The receipt of what changed; paths are ASCII (field names, label keys as written in masks), so a value
+        // that cannot be a header is left out rather than altered.
+        if let Ok(value) = tonic::metadata::MetadataValue::try_from(paths.as_str()) {
+            response.metadata_mut().insert(CHANGED_PATHS, value);
+        }
+        Ok(response)
     }
 
     async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Result<Response<pb::User>, Status> {
@@ -694,7 +720,7 @@ impl UserService for UserServiceImpl {
                 )
                 .await?;
             Ok(pb::BatchUpdateUsersResponse {
-                users: users.iter().map(user_to_proto).collect(),
+                users: users.iter().map(|saved| user_to_proto(&saved.user)).collect(),
             })
         })
         .await
@@ -724,6 +750,18 @@ impl UserService for UserServiceImpl {
                 revisions,
                 next_page_token,
             })
+        })
+        .await
+    }
+
+    type WatchUsersStream = watch::EventStream;
+
+    async fn watch_users(
+        &self,
+        request: Request<pb::WatchUsersRequest>,
+    ) -> Result<Response<Self::WatchUsersStream>, Status> {
+        self.handle("WatchUsers", request, |ctx, req| async move {
+            watch::open(self.store.clone(), &self.watchers, &ctx.caller, ctx.request_id, req).await
         })
         .await
     }

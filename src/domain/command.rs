@@ -90,6 +90,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The paths the outcome's revision records; none when nothing changes.
+    pub fn changed_paths(&self) -> &[String] {
+        match self {
+            Outcome::Unchanged(_) => &[],
+            Outcome::Created { diff, .. } | Outcome::Changed { diff, .. } => &diff.paths,
+        }
+    }
+
     /// The user as it is once the outcome is stored.
     pub fn user(&self) -> &User {
         match self {

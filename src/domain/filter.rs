@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::domain::user::State;
+use crate::domain::user::{State, User};
 
 pub const MAX_FILTER_CHARS: usize = 2048;
 pub const MAX_CONDITIONS: usize = 20;
@@ -76,6 +76,47 @@ pub enum Condition {
         role: String,
         negated: bool,
     },
+}
+
+impl TextPattern {
+    /// Whether `value` (already lower-cased) matches, as the store's `LIKE` with escaped wildcards does.
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            TextPattern::Exact(v) => value == v,
+            TextPattern::Prefix(v) => value.starts_with(v.as_str()),
+            TextPattern::Suffix(v) => value.ends_with(v.as_str()),
+            TextPattern::Contains(v) => value.contains(v.as_str()),
+        }
+    }
+}
+
+impl Filter {
+    /// Whether `user` passes every condition, evaluated in memory exactly as the store's SQL does for ListUsers
+    /// (the change feed applies the filter to each user as a change left it). A user without a username fails
+    /// every username pattern and passes every negated one, as SQL's `username IS NULL` branch does.
+    pub fn matches(&self, user: &User) -> bool {
+        self.conditions.iter().all(|condition| match condition {
+            Condition::Text {
+                field,
+                pattern,
+                negated,
+            } => {
+                let hit = match field {
+                    TextField::Email => pattern.matches(&user.fields.email.to_lowercase()),
+                    TextField::Username => {
+                        !user.fields.username.is_empty() && pattern.matches(&user.fields.username.to_lowercase())
+                    }
+                };
+                hit != *negated
+            }
+            Condition::UsernamePresent { negated } => user.fields.username.is_empty() == *negated,
+            Condition::State { state, negated } => (user.state() == *state) != *negated,
+            Condition::RegionCode { code, negated } => (user.fields.region_code == *code) != *negated,
+            Condition::LabelEquals { key, value, negated } => (user.fields.labels.get(key) == Some(value)) != *negated,
+            Condition::LabelPresent { key, negated } => user.fields.labels.contains_key(key) != *negated,
+            Condition::HasRole { role, negated } => user.fields.roles.contains(role) != *negated,
+        })
+    }
 }
 
 /// Why a filter was rejected; the message names the problem and its character offset so it can go to the caller

@@ -4,6 +4,7 @@ pub mod caller;
 pub mod change;
 pub mod command;
 pub mod error;
+pub mod event;
 pub mod field_mask;
 pub mod field_table;
 pub mod filter;

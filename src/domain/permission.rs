@@ -35,6 +35,8 @@ pub enum Rpc {
     VerifyPassword,
     SendVerificationEmail,
     VerifyEmail,
+    /// The target of a self-service watch is the caller's own user; readers watch every user (`None`).
+    WatchUsers,
 }
 
 impl Caller {
@@ -75,7 +77,7 @@ pub fn authorize(caller: &Caller, rpc: Rpc, target: Option<Uuid>) -> Result<(), 
     let own = target.is_some_and(|id| caller.is_user(id));
     let reader = caller.has_scope(SCOPE_READ);
     let allowed = match rpc {
-        Rpc::GetUser | Rpc::ListUserRevisions => reader || own,
+        Rpc::GetUser | Rpc::ListUserRevisions | Rpc::WatchUsers => reader || own,
         Rpc::LookupUser | Rpc::ListUsers => reader,
         Rpc::UpdateUser | Rpc::BatchUpdateUsers | Rpc::SendVerificationEmail | Rpc::VerifyEmail => own,
         Rpc::CreateUser | Rpc::DeleteUser | Rpc::UndeleteUser | Rpc::DisableUser | Rpc::EnableUser => false,
@@ -94,7 +96,7 @@ pub fn is_self_service(caller: &Caller, rpc: Rpc) -> bool {
     if caller.is_admin() {
         return false;
     }
-    let reads = matches!(rpc, Rpc::GetUser | Rpc::ListUserRevisions);
+    let reads = matches!(rpc, Rpc::GetUser | Rpc::ListUserRevisions | Rpc::WatchUsers);
     !(reads && caller.has_scope(SCOPE_READ))
 }
 
@@ -171,7 +173,7 @@ mod tests {
         }
     }
 
-    const ALL: [Rpc; 14] = [
+    const ALL: [Rpc; 15] = [
         Rpc::CreateUser,
         Rpc::GetUser,
         Rpc::LookupUser,
@@ -186,6 +188,7 @@ mod tests {
         Rpc::VerifyPassword,
         Rpc::SendVerificationEmail,
         Rpc::VerifyEmail,
+        Rpc::WatchUsers,
     ];
 
     #[test]
@@ -213,13 +216,14 @@ mod tests {
                         | Rpc::BatchUpdateUsers
                         | Rpc::SendVerificationEmail
                         | Rpc::VerifyEmail
+                        | Rpc::WatchUsers
                 ),
                 "authenticate on its own user {rpc:?}"
             );
             assert!(authorize(&admin, rpc, Some(other)).is_ok(), "{rpc:?}");
             let reads = matches!(
                 rpc,
-                Rpc::GetUser | Rpc::LookupUser | Rpc::ListUsers | Rpc::ListUserRevisions
+                Rpc::GetUser | Rpc::LookupUser | Rpc::ListUsers | Rpc::ListUserRevisions | Rpc::WatchUsers
             );
             assert_eq!(authorize(&reader, rpc, Some(other)).is_ok(), reads, "reader {rpc:?}");
             let own = matches!(
@@ -230,6 +234,7 @@ mod tests {
                     | Rpc::BatchUpdateUsers
                     | Rpc::SendVerificationEmail
                     | Rpc::VerifyEmail
+                    | Rpc::WatchUsers
             );
             assert_eq!(authorize(&myself, rpc, Some(me)).is_ok(), own, "self {rpc:?}");
             assert!(

@@ -46,7 +46,7 @@ pub async fn app(config: &ServeConfig) -> anyhow::Result<App> {
     let mailer = Arc::new(Mailer::from_config(&config.mail, &config.auth.data_dir)?);
     let tasks = vec![
         tasks::health(store.clone(), metrics.clone(), ready.clone(), health_reporter),
-        tasks::purge(store.clone(), config.purge_interval),
+        tasks::purge(store.clone(), config.purge_interval, config.event_retention),
         mail::spawn(
             store.clone(),
             mailer,

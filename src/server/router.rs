@@ -53,7 +53,12 @@ pub(super) fn router<H: Health>(
     let service = Arc::new(
         UserServiceImpl::new(store.clone(), metrics.clone(), limiter.clone(), hash_pool)
             .with_max_message_bytes(config.max_message_bytes)
-            .with_verification_ttl(config.mail.verification_ttl),
+            .with_verification_ttl(config.mail.verification_ttl)
+            .with_watchers(crate::api::watch::Watchers::new(
+                config.max_watchers,
+                config.watch_bookmark_interval,
+                config.event_retention,
+            )),
     );
     let user_service = UserServiceServer::from_arc(service.clone())
         .max_decoding_message_size(config.max_message_bytes)

@@ -1,5 +1,6 @@
 //! The background loops of a running service: the health loop (the database's ping, published to gRPC health,
-//! `/readyz` and the metrics) and the purge of soft-deleted users past their purge time.
+//! `/readyz` and the metrics) and the purge of soft-deleted users past their purge time
+//! (and of change feed events past their retention).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,11 +47,12 @@ pub(super) fn health(
     })
 }
 
-/// Purges soft-deleted users past their purge time, every `interval`.
-pub(super) fn purge(store: Store, interval: Duration) -> JoinHandle<()> {
+/// Purges soft-deleted users past their purge time, and change feed events older than `event_retention`,
+/// every `interval`.
+pub(super) fn purge(store: Store, interval: Duration, event_retention: Duration) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match store.purge_expired(chrono::Utc::now()).await {
+            match store.purge_expired(chrono::Utc::now(), event_retention).await {
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "purged soft-deleted users past their purge time"),
                 Err(e) => tracing::warn!(error = ?e, "purging soft-deleted users failed; will retry"),

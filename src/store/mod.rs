@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod connection;
+mod feed;
 mod schema;
 mod users;
 mod verification;
@@ -19,6 +20,7 @@ use uuid::Uuid;
 
 use connection::{ConnectionManager, DbConnection};
 pub use connection::{DatabaseTarget, SqliteSync};
+pub use feed::Page;
 pub use users::{Cursor, ListQuery};
 pub use verification::{MailJob, OutboxStats};
 use writer::GroupWriter;
@@ -28,6 +30,7 @@ use crate::domain::caller::Caller;
 use crate::domain::change;
 use crate::domain::command::{Command, Refusal, WriteError};
 use crate::domain::error::{Conflict, Error};
+use crate::domain::event::{EventKind, Position};
 use crate::domain::permission::{self, Rpc};
 use crate::domain::revision::Revision;
 use crate::domain::sign_in::{self, LoginKey};
@@ -68,6 +71,8 @@ pub struct Store {
     /// Told after a commit that queued mail, so this process's sender delivers it at once instead of at its
     /// next poll.
     mail_queued: Arc<tokio::sync::Notify>,
+    /// Bumped after every commit that wrote feed events, so watchers wake (see [`Store::feed_signal`]).
+    feed: feed::Signal,
 }
 
 /// Where a sign-in attempt stands once it is taken.
@@ -113,7 +118,15 @@ fn settle<T>(own: Result<T, TxError<T>>, committed: Result<(), Error>) -> Result
 }
 
 /// What the transaction of a write answers: the users written, or the commands refused (and rolled back).
-type Written = Result<Vec<User>, Vec<Refusal>>;
+type Written = Result<Vec<Saved>, Vec<Refusal>>;
+
+/// One command's result: the user as written and the paths its revision records (empty when nothing changed),
+/// which the UpdateUser answer reports (`changed-paths`).
+#[derive(Debug, Clone)]
+pub struct Saved {
+    pub user: User,
+    pub changed_paths: Vec<String>,
+}
 
 impl Store {
     /// Connects, creating the SQLite file and its folder when needed, and runs pending migrations.
@@ -183,12 +196,18 @@ impl Store {
             )
             .map_err(|e| anyhow::anyhow!("starting the checkpoint thread: {e}"))?;
         }
+        let feed = feed::Signal::default();
+        if let DatabaseTarget::Postgres(url) = &target {
+            feed::start_listener(url.clone(), &feed)
+                .map_err(|e| anyhow::anyhow!("starting the change feed listener: {e}"))?;
+        }
         Ok(Store {
             pool,
             reachable,
             writer,
             inline_readers,
             mail_queued: Arc::new(tokio::sync::Notify::new()),
+            feed,
         })
     }
 
@@ -381,9 +400,36 @@ impl Store {
         .await
     }
 
-    /// Hard-deletes users whose purge time has passed; returns how many.
-    pub async fn purge_expired(&self, now: DateTime<Utc>) -> Result<usize, Error> {
-        self.transact(move |conn| Ok(users::purge_expired(conn, now)?)).await
+    /// Hard-deletes users whose purge time has passed (each leaves a PURGED event), and drops the feed events
+    /// older than `event_retention`; returns how many users were purged.
+    pub async fn purge_expired(&self, now: DateTime<Utc>, event_retention: Duration) -> Result<usize, Error> {
+        let purged = self.transact(move |conn| Ok(users::purge_expired(conn, now)?)).await?;
+        if purged > 0 {
+            self.feed.notify();
+        }
+        let before = chrono::Duration::from_std(event_retention)
+            .ok()
+            .and_then(|r| now.checked_sub_signed(r))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        self.transact(move |conn| Ok(feed::prune(conn, before)?)).await?;
+        Ok(purged)
+    }
+
+    /// The change feed's head: the position after every change committed so far.
+    pub async fn feed_head(&self) -> Result<Position, Error> {
+        self.run(|conn| feed::head(conn).map_err(read_error)).await
+    }
+
+    /// Up to `limit` events after `after`, in feed order, the position the read covered, and whether committed
+    /// events wait above the visibility horizon (see `feed`).
+    pub async fn feed_after(&self, after: Position, limit: i64) -> Result<feed::Page, Error> {
+        self.run(move |conn| feed::read_after(conn, after, limit).map_err(read_error))
+            .await
+    }
+
+    /// What watchers wait on: it changes after commits that wrote events.
+    pub fn feed_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed.subscribe()
     }
 
     /// Applies `commands` in one transaction: all or nothing (on SQLite a savepoint of the writer's batch,
@@ -391,7 +437,7 @@ impl Store {
     /// it, on behalf of `caller`, who is recorded as the actor of every revision. Commands refused as
     /// INVALID_ARGUMENT are all reported together; any other refusal stops the write at once. With `dry_run`
     /// everything runs, unique constraints included, and is rolled back.
-    pub async fn write(&self, caller: Caller, commands: Vec<Command>, dry_run: bool) -> Result<Vec<User>, WriteError> {
+    pub async fn write(&self, caller: Caller, commands: Vec<Command>, dry_run: bool) -> Result<Vec<Saved>, WriteError> {
         let may_queue_mail = !dry_run && commands.iter().any(Command::sends_verification_email);
         let written = self
             .transact(move |conn| match write_all(conn, &caller, commands)? {
@@ -404,6 +450,9 @@ impl Store {
                 if may_queue_mail {
                     // A wake-up too many (the address did not change) only costs the sender one empty claim.
                     self.mail_queued.notify_one();
+                }
+                if !users.is_empty() {
+                    self.feed.notify();
                 }
                 Ok(users)
             }
@@ -465,40 +514,47 @@ impl Store {
     /// even when the code is wrong. The fifth wrong code voids every code of the user. Without a code (an
     /// administrator's call, checked by the caller) the user is verified as is.
     pub async fn verify_email(&self, caller: Caller, id: Uuid, code: Option<String>) -> Result<Box<User>, Error> {
-        self.transact(move |conn| {
-            let now = to_stored_precision(Utc::now());
-            let (stored, stored_hash) = users::lock_all(conn, &[id])?.remove(&id).unzip();
-            let outcome = Command::VerifyEmail { id }.decide(stored.as_ref(), &caller, now)?;
-            let attempts = verification::attempts(conn, id)?;
-            if let (Some(code), Some(user)) = (code, &stored) {
-                let taken = match codes::take_attempt(attempts) {
-                    Ok(taken) => taken,
-                    Err(e) => return Ok(Err(e)),
-                };
-                verification::set_attempts(conn, id, taken)?;
-                let valid = verification::find_code(conn, id, &codes::digest(&code))?
-                    .is_some_and(|(bound, expire)| codes::code_is_valid(&bound, &user.fields.email, expire, now));
-                if !valid {
-                    if taken.wrong >= codes::MAX_WRONG_CODES {
-                        verification::delete_codes(conn, id)?;
+        let verified = self
+            .transact(move |conn| {
+                let now = to_stored_precision(Utc::now());
+                let (stored, stored_hash) = users::lock_all(conn, &[id])?.remove(&id).unzip();
+                let outcome = Command::VerifyEmail { id }.decide(stored.as_ref(), &caller, now)?;
+                let attempts = verification::attempts(conn, id)?;
+                if let (Some(code), Some(user)) = (code, &stored) {
+                    let taken = match codes::take_attempt(attempts) {
+                        Ok(taken) => taken,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    verification::set_attempts(conn, id, taken)?;
+                    let valid = verification::find_code(conn, id, &codes::digest(&code))?
+                        .is_some_and(|(bound, expire)| codes::code_is_valid(&bound, &user.fields.email, expire, now));
+                    if !valid {
+                        if taken.wrong >= codes::MAX_WRONG_CODES {
+                            verification::delete_codes(conn, id)?;
+                        }
+                        return Ok(Err(codes::invalid_code(codes::NOT_VALID)));
                     }
-                    return Ok(Err(codes::invalid_code(codes::NOT_VALID)));
                 }
-            }
-            // Single use: the code (and any other of the user's) is gone with the verification.
-            verification::delete_codes(conn, id)?;
-            verification::set_attempts(conn, id, CodeAttempts { wrong: 0, ..attempts })?;
-            let user = users::save(
-                conn,
-                &caller.subject,
-                stored.as_ref(),
-                stored_hash.flatten(),
-                outcome,
-                now,
-            )?;
-            Ok(Ok(Box::new(user)))
-        })
-        .await?
+                // Single use: the code (and any other of the user's) is gone with the verification.
+                verification::delete_codes(conn, id)?;
+                verification::set_attempts(conn, id, CodeAttempts { wrong: 0, ..attempts })?;
+                let user = users::save(
+                    conn,
+                    &caller.subject,
+                    stored.as_ref(),
+                    stored_hash.flatten(),
+                    outcome,
+                    EventKind::EmailVerified,
+                    now,
+                )?;
+                Ok(Ok(Box::new(user)))
+            })
+            .await?;
+        if verified.is_ok() {
+            // The verification wrote an EMAIL_VERIFIED event (or nothing, for an already verified address).
+            self.feed.notify();
+        }
+        verified
     }
 
     /// What the sender waits on besides its poll: a commit of this process that queued mail.
@@ -604,20 +660,23 @@ fn write_all(conn: &mut DbConnection, caller: &Caller, commands: Vec<Command>) -
         };
         let (stored, stored_hash) = stored.unzip();
         let mail = command.sends_verification_email();
+        let kind = command.event_kind();
         match command.decide(stored.as_ref(), caller, now) {
             Ok(outcome) => {
                 let mail = mail && outcome.sets_email();
+                let changed_paths = outcome.changed_paths().to_vec();
                 match users::save(
                     conn,
                     &caller.subject,
                     stored.as_ref(),
                     stored_hash.flatten(),
                     outcome,
+                    kind,
                     now,
                 )
                 .and_then(|user| queue_mail_if(conn, mail, user, now))
                 {
-                    Ok(user) => written.push(user),
+                    Ok(user) => written.push(Saved { user, changed_paths }),
                     Err(e) => return stopped(index, db_error(e)),
                 }
             }

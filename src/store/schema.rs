@@ -103,6 +103,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// The change feed; ordered by `(txid, seq)` (see the migration `change_feed`).
+    user_events (seq) {
+        seq -> BigInt,
+        txid -> BigInt,
+        user_id -> Text,
+        revision -> BigInt,
+        event_type -> Text,
+        actor -> Text,
+        update_mask -> Text,
+        create_time -> Timestamp,
+        snapshot -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(user_sign_ins -> users (user_id));
 diesel::joinable!(user_verification_codes -> users (user_id));
 diesel::joinable!(user_verifications -> users (user_id));
@@ -117,5 +132,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     user_sign_ins,
     user_verification_codes,
     user_verifications,
-    mail_outbox
+    mail_outbox,
+    user_events
 );

@@ -15,6 +15,7 @@ use super::schema::{
 };
 use crate::domain::change::PasswordWrite;
 use crate::domain::command::Outcome;
+use crate::domain::event::EventKind;
 use crate::domain::field_table::user_field_table;
 use crate::domain::filter::{Condition, Filter, TextField, TextPattern};
 use crate::domain::query::{OrderBy, OrderField};
@@ -24,7 +25,7 @@ use crate::domain::user::{Membership, State, User, UserFields};
 
 mod statements;
 
-use statements::{InsertRevision, InsertUser, TouchUser, UpdateUser, UpdateUserWithRevision};
+use statements::{InsertRevision, InsertRevisionWithEvent, InsertUser, TouchUser, UpdateUser, UpdateUserWithRevision};
 
 /// Runs `$body` with `$c` bound to the backend's own connection. Through the multi-backend connection diesel
 /// renders a query's SQL text again on every call, even to find its cached statement (~10% of a GetUser); on the
@@ -38,7 +39,7 @@ macro_rules! on_backend {
     };
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset, serde::Serialize, serde::Deserialize)]
 #[diesel(table_name = users)]
 pub struct UserRow {
     id: String,
@@ -247,9 +248,10 @@ pub type Stored = (User, Option<String>);
 ///
 /// PostgreSQL locks and reads in one `SELECT … FOR UPDATE` round trip. A row that does not exist cannot be
 /// locked, so two writes may both find an id missing and both create it, and the second would fail on the
-/// primary key; an `allow_missing` upsert must update instead. So each missing id also takes a transaction-level
-/// advisory lock of its own (in key order, so creators cannot deadlock) and is read again under it: a write
-/// that waited for a creator sees its committed row (each statement reads the latest commits) and updates it.
+/// primary key; an `allow_missing` upsert must update instead. So every id takes a transaction-level advisory
+/// lock of its own first (in key order, so writers cannot deadlock; see [`lock_rows`]) and missing ids are read
+/// again under it: a write that waited for a creator sees its committed row (each statement reads the latest
+/// commits) and updates it.
 /// SQLite has no row locks: a no-op UPDATE takes the database write lock, then the rows are read; one writer
 /// at a time means a missing row stays missing until this transaction ends.
 pub fn lock_all(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<HashMap<Uuid, Stored>> {
@@ -257,20 +259,14 @@ pub fn lock_all(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<HashMap<Uu
         DbConnection::Postgres(pg) => {
             let mut rows = lock_rows(pg, ids)?;
             if rows.len() < ids.len() {
+                // The first statement took every id's advisory lock, waiting for any creator of the id to
+                // finish, but read with the snapshot from before that wait: read the missing ones again.
                 let found: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
                 let missing: Vec<Uuid> = ids
                     .iter()
                     .filter(|id| !found.contains(id.to_string().as_str()))
                     .copied()
                     .collect();
-                let mut keys: Vec<i64> = missing.iter().map(create_lock_key).collect();
-                keys.sort_unstable();
-                keys.dedup();
-                for key in keys {
-                    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-                        .bind::<diesel::sql_types::BigInt, _>(key)
-                        .execute(pg)?;
-                }
                 rows.extend(lock_rows(pg, &missing)?);
             }
             rows
@@ -289,16 +285,34 @@ pub fn lock_all(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<HashMap<Uu
         .collect()
 }
 
-/// PostgreSQL: locks the existing rows of `ids` (sorted, without repeats) in id order and reads them.
+/// PostgreSQL: takes the advisory lock of every id (in key order), then locks the existing rows of `ids`
+/// (sorted, without repeats) in id order and reads them, in one statement.
+///
+/// The advisory locks come first, and in the same statement (a one-time filter the planner evaluates before
+/// the scan, so also when no row exists): they keep the change feed's order (see `store::feed`). A row lock
+/// gives the transaction its id; a transaction that already has one (it locked another user of its batch)
+/// and then waits for a row could commit after the holder of that row with a smaller id, and the feed would
+/// put its later revision first. Advisory locks give no transaction id, so a writer that waits for them has
+/// none yet; every writer takes them for all its users before any row lock, so no writer waits for a row lock
+/// of a user it holds the advisory lock of while another writer of that user runs.
 fn lock_rows(pg: &mut diesel::PgConnection, ids: &[Uuid]) -> QueryResult<Vec<UserRow>> {
+    use diesel::sql_types::{Array, BigInt, Bool};
+    let mut keys: Vec<i64> = ids.iter().map(user_lock_key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let advisory = diesel::dsl::sql::<Bool>("(SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(")
+        .bind::<Array<BigInt>, _>(keys)
+        .sql(") AS k ORDER BY k) AS locks) >= 0");
     match ids {
         [id] => users::table
             .find(id.to_string())
+            .filter(advisory)
             .select(UserRow::as_select())
             .for_update()
             .load(pg),
         _ => users::table
             .filter(users::id.eq_any(ids.iter().map(Uuid::to_string).collect::<Vec<_>>()))
+            .filter(advisory)
             .order(users::id)
             .select(UserRow::as_select())
             .for_update()
@@ -306,10 +320,11 @@ fn lock_rows(pg: &mut diesel::PgConnection, ids: &[Uuid]) -> QueryResult<Vec<Use
     }
 }
 
-/// The one-key advisory lock that serializes the creation of `id` (the two-key space holds the migration
-/// lock). Both halves of the UUID are folded in, so ids made in the same millisecond (v7) still differ; two
-/// ids sharing a key only wait for each other.
-fn create_lock_key(id: &Uuid) -> i64 {
+/// The one-key advisory lock every writer of `id` takes before its row lock: it serializes the creation of
+/// `id` and keeps the feed's order (see [`lock_rows`]; the two-key space holds the migration lock). Both halves
+/// of the UUID are folded in, so ids made in the same millisecond (v7) still differ; two ids sharing a key
+/// only wait for each other.
+fn user_lock_key(id: &Uuid) -> i64 {
     let (high, low) = id.as_u64_pair();
     (high ^ low).cast_signed()
 }
@@ -364,12 +379,14 @@ pub fn lookup(conn: &mut DbConnection, email: Option<String>, username: Option<S
 /// Stores what a command decided: the new or changed user as the outcome has it (revision, times and password
 /// state included), its index rows and its revision record. `stored` and `stored_hash` are the row the
 /// command decided on; an unchanged user writes nothing.
+/// `kind` is the event the change is recorded as in the feed (a creation is always `Created`).
 pub fn save(
     conn: &mut DbConnection,
     actor: &str,
     stored: Option<&User>,
     stored_hash: Option<String>,
     outcome: Outcome,
+    kind: EventKind,
     now: DateTime<Utc>,
 ) -> QueryResult<User> {
     match outcome {
@@ -383,8 +400,7 @@ pub fn save(
             on_backend!(conn, |c| InsertUser(&row).execute(c))?;
             write_labels(conn, user.id, &BTreeMap::new(), &user.fields.labels)?;
             write_roles(conn, user.id, &[], &user.fields.roles)?;
-            let revision = revision_row(&user, actor, diff, now)?;
-            on_backend!(conn, |c| InsertRevision(&revision).execute(c))?;
+            write_change(conn, None, &user, actor, diff, EventKind::Created, now)?;
             Ok(user)
         }
         Outcome::Changed { user, password, diff } => {
@@ -403,15 +419,7 @@ pub fn save(
                 &user.fields.labels,
             )?;
             write_roles(conn, user.id, before.map_or(&[], |f| &f.roles), &user.fields.roles)?;
-            let revision = revision_row(&user, actor, diff, now)?;
-            match conn {
-                // A round trip fewer: the row's UPDATE and the revision's INSERT go as one statement.
-                DbConnection::Postgres(pg) => UpdateUserWithRevision((&row, &revision)).execute(pg)?,
-                DbConnection::Sqlite(sqlite) => {
-                    UpdateUser(&row).execute(sqlite)?;
-                    InsertRevision(&revision).execute(sqlite)?
-                }
-            };
+            write_change(conn, Some(&row), &user, actor, diff, kind, now)?;
             Ok(user)
         }
     }
@@ -471,6 +479,46 @@ fn write_roles(conn: &mut DbConnection, id: Uuid, old: &[String], new: &[String]
     Ok(())
 }
 
+/// Writes the revision record of a change and its feed event (the user as the change left it), and for an update
+/// the user's row, in the same transaction. On PostgreSQL that is one statement, with the `NOTIFY` that wakes the
+/// watchers of every process (delivered only if the transaction commits), so the feed costs no round trip.
+fn write_change(
+    conn: &mut DbConnection,
+    updated: Option<&UserRow>,
+    user: &User,
+    actor: &str,
+    diff: revision::Diff,
+    kind: EventKind,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    let revision = revision_row(user, actor, diff, now)?;
+    let event = super::feed::NewEvent {
+        user_id: revision.user_id.clone(),
+        revision: revision.revision,
+        event_type: kind.name().to_owned(),
+        actor: revision.actor.clone(),
+        update_mask: revision.update_mask.clone(),
+        create_time: revision.create_time,
+        snapshot: Some(snapshot(user)?),
+    };
+    match conn {
+        DbConnection::Postgres(pg) => match updated {
+            Some(row) => UpdateUserWithRevision((row, &revision, &event)).execute(pg)?,
+            None => InsertRevisionWithEvent((&revision, &event)).execute(pg)?,
+        },
+        DbConnection::Sqlite(sqlite) => {
+            if let Some(row) = updated {
+                UpdateUser(row).execute(sqlite)?;
+            }
+            InsertRevision(&revision).execute(sqlite)?;
+            diesel::insert_into(super::schema::user_events::table)
+                .values(&event)
+                .execute(sqlite)?
+        }
+    };
+    Ok(())
+}
+
 /// The revision record of a write of `user` (written by [`InsertRevision`]).
 fn revision_row(user: &User, actor: &str, diff: revision::Diff, now: DateTime<Utc>) -> QueryResult<RevisionRow> {
     Ok(RevisionRow {
@@ -482,6 +530,29 @@ fn revision_row(user: &User, actor: &str, diff: revision::Diff, now: DateTime<Ut
         before_values: to_json(&diff.before)?,
         after_values: to_json(&diff.after)?,
     })
+}
+
+/// The user as a feed event keeps it: its row as JSON, without the password hash (only whether there is one).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    #[serde(flatten)]
+    row: UserRow,
+    has_password: bool,
+}
+
+fn snapshot(user: &User) -> QueryResult<String> {
+    to_json(&Snapshot {
+        row: UserRow::from_user(user, None)?,
+        has_password: user.has_password,
+    })
+}
+
+/// Reads a user back from its feed snapshot.
+pub(super) fn from_snapshot(json: &str) -> QueryResult<User> {
+    let snapshot: Snapshot = serde_json::from_str(json).map_err(|e| corrupt("event snapshot", e))?;
+    let (mut user, _) = snapshot.row.into_user()?;
+    user.has_password = snapshot.has_password;
+    Ok(user)
 }
 
 pub fn revisions(conn: &mut DbConnection, id: Uuid, before: Option<i64>, limit: i64) -> QueryResult<Vec<Revision>> {
@@ -513,7 +584,24 @@ pub fn revisions(conn: &mut DbConnection, id: Uuid, before: Option<i64>, limit: 
         .collect()
 }
 
+/// Hard-deletes the users whose purge time has passed, leaving a `Purged` feed event for each. They are locked
+/// first, as every write locks its users (see [`lock_all`]), so the events of one user stay in revision order.
 pub fn purge_expired(conn: &mut DbConnection, now: DateTime<Utc>) -> QueryResult<usize> {
+    let mut ids: Vec<Uuid> = users::table
+        .filter(users::purge_time.le(naive(now)))
+        .select(users::id)
+        .load::<String>(conn)?
+        .iter()
+        .filter_map(|id| Uuid::try_parse(id).ok())
+        .collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    ids.sort_unstable();
+    let locked = lock_all(conn, &ids)?;
+    for (user, _) in locked.values().filter(|(u, _)| u.purge_time.is_some_and(|t| t <= now)) {
+        super::feed::insert_purged(conn, user, now)?;
+    }
     let expired = users::table.filter(users::purge_time.le(naive(now))).select(users::id);
     // Children first: SQLite enforces the foreign keys only when the pragma is on, so do not rely on cascades.
     diesel::delete(user_labels::table.filter(user_labels::user_id.eq_any(expired))).execute(conn)?;

@@ -239,7 +239,13 @@ impl Connect {
             http: Some(StatusCode::NOT_FOUND),
             ..Failure::from(Status::unimplemented(format!("no procedure {}", shown(path))))
         })?;
-        let Some(handler) = self.inner.handlers.get(method.full_name()).cloned() else {
+        // Connect's unary protocol carries one answer: a server-streaming method is reached through the
+        // streaming protocol (bridged onto gRPC) instead.
+        let unary = !method.is_server_streaming() && !method.is_client_streaming();
+        let Some(handler) = unary
+            .then(|| self.inner.handlers.get(method.full_name()).cloned())
+            .flatten()
+        else {
             return Err(Failure::from(Status::unimplemented(format!(
                 "{} is a streaming method: call it over gRPC or gRPC-Web",
                 method.full_name()

@@ -10,6 +10,7 @@ pub mod openapi;
 
 pub mod path_template;
 pub mod rule;
+pub mod streaming;
 
 use std::sync::Arc;
 
@@ -38,11 +39,17 @@ pub struct Call {
     pub extensions: Extensions,
 }
 
-/// A method's answer: its response message encoded and the headers (metadata) it set.
+/// A method's answer: its response message encoded and the headers (metadata) it set. A server-streaming
+/// method answers with `stream` instead (and an empty `message`): its messages encoded, each in turn, and a
+/// status that ends the stream early.
 pub struct Reply {
     pub message: Bytes,
     pub headers: HeaderMap,
+    pub stream: Option<MessageStream>,
 }
+
+/// The encoded messages of a server-streaming answer.
+pub type MessageStream = futures::stream::BoxStream<'static, Result<Bytes, tonic::Status>>;
 
 /// Calls one method; the transcoder holds one per RPC, by the method's full name (`pkg.Service.Method`).
 pub type Handler = Arc<dyn Fn(Call) -> BoxFuture<'static, Result<Reply, tonic::Status>> + Send + Sync>;
@@ -188,6 +195,7 @@ impl Transcoder {
             },
         )
         .map_err(|BadRequest(message)| invalid_argument(&message))?;
+        let message = streaming::resume_from_last_event_id(binding, &parts.headers, message)?;
         self.call(index, parts, message).await
     }
 
@@ -259,6 +267,7 @@ impl Transcoder {
             headers,
             extensions: parts.extensions,
         };
+        let accept = parts.headers.get(header::ACCEPT).cloned();
         let reply = match (self.inner.handlers[index])(call).await {
             Ok(reply) => reply,
             // A failure that says OK is no answer at all.
@@ -271,6 +280,9 @@ impl Transcoder {
                 return Err(response);
             }
         };
+        if let Some(stream) = reply.stream {
+            return Ok(streaming::response(binding, accept.as_ref(), stream, &reply.headers));
+        }
         let output = DynamicMessage::decode(binding.rpc.output(), reply.message)
             .map_err(|e| internal(&format!("decoding the response: {e}")))?;
         let json = json::response_json(binding, &output).map_err(|e| internal(&e))?;
@@ -330,11 +342,13 @@ pub(crate) async fn read_limited(mut body: AxumBody, limit: usize) -> Result<Byt
     }
 }
 
-/// Response headers worth passing to REST clients (rate limits, retry hints); gRPC framing headers are not.
+/// Response headers worth passing to REST clients (rate limits, retry hints, an update's changed paths); gRPC
+/// framing headers are not.
 pub(crate) fn copy_passthrough_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
         let n = name.as_str();
-        if n.starts_with("ratelimit") || n == "retry-after" || n == "www-authenticate" {
+        if n.starts_with("ratelimit") || n == "retry-after" || n == "www-authenticate" || n == crate::api::CHANGED_PATHS
+        {
             to.insert(name.clone(), value.clone());
         }
     }

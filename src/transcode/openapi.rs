@@ -203,6 +203,23 @@ impl Schemas {
         if let Some(if_match) = if_match_parameter(binding) {
             parameters.push(if_match);
         }
+        if binding.rpc.is_server_streaming()
+            && input
+                .get_field_by_name(super::streaming::RESUME_FIELD)
+                .is_some_and(|f| f.kind() == prost_reflect::Kind::String)
+        {
+            parameters.push(json!({
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": false,
+                "description": format!(
+                    "Server-Sent Events: the `id:` of the last event received (a browser's EventSource sends it \
+                     when it reconnects); it sets `{}`, over a query parameter.",
+                    super::streaming::RESUME_FIELD
+                ),
+                "schema": {"type": "string"},
+            }));
+        }
         if !parameters.is_empty() {
             operation["parameters"] = Value::Array(parameters);
         }
@@ -259,8 +276,34 @@ impl Schemas {
             Some(field) => (self.value_schema(&field), field_description(&field)),
             None => (self.reference(&output), comment(&output.parent_file(), output.path())),
         };
+        let description = description.unwrap_or_else(|| format!("A `{}`.", output.full_name()));
+        if binding.rpc.is_server_streaming() {
+            // The transcoder streams the messages in one of two media types (see `transcode::streaming`).
+            return json!({
+                "description": format!(
+                    "A stream of `{}` messages. {description}",
+                    output.full_name()
+                ),
+                "content": {
+                    super::streaming::NDJSON: {
+                        "schema": schema,
+                        "description": "The default: one JSON message per line. A failure after the stream began \
+                                        is its last line, a REST error body.",
+                    },
+                    super::streaming::EVENT_STREAM: {
+                        "schema": {"type": "string"},
+                        "description": format!(
+                            "With `Accept: text/event-stream`: one Server-Sent Event per message, `data:` its JSON \
+                             and `id:` its `{}` field; a failure after the stream began is an `event: error` with \
+                             a REST error body.",
+                            super::streaming::CURSOR_FIELD
+                        ),
+                    },
+                },
+            });
+        }
         let mut response = json!({
-            "description": description.unwrap_or_else(|| format!("A `{}`.", output.full_name())),
+            "description": description,
             "content": {JSON: {"schema": schema}},
         });
         // The transcoder copies a top-level `etag` of the response into the ETag header.

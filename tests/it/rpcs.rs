@@ -8,6 +8,9 @@ use user_service::pb;
 use crate::backend_tests;
 use crate::support::{TestApp, create, expect_code, reason, update, user, violation_fields};
 
+/// The default event retention, for direct purges.
+const WEEK: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
 backend_tests!(
     create_assigns_v7_id_and_hides_password,
     create_with_client_id_and_conflicts,
@@ -833,14 +836,14 @@ async fn purge_removes_users_past_their_purge_time(app: TestApp) {
     let store = user_service::store::Store::open(&config.database.store_options()).expect("store beside the server");
     let in_31_days = chrono::Utc::now() + chrono::Duration::days(31);
     // The second user is deleted only after the first purge ran: its purge time lies 30 days after that.
-    assert_eq!(store.purge_expired(in_31_days).await.expect("purge"), 1);
+    assert_eq!(store.purge_expired(in_31_days, WEEK).await.expect("purge"), 1);
     c.delete_user(pb::DeleteUserRequest {
         id: kept_deleted.id.clone(),
         etag: String::new(),
     })
     .await
     .expect("delete");
-    assert_eq!(store.purge_expired(chrono::Utc::now()).await.expect("purge"), 0);
+    assert_eq!(store.purge_expired(chrono::Utc::now(), WEEK).await.expect("purge"), 0);
     expect_code(
         c.get_user(pb::GetUserRequest { id: gone.id.clone() }).await,
         Code::NotFound,

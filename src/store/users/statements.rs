@@ -14,6 +14,7 @@ use diesel::result::QueryResult;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
 use diesel::sqlite::Sqlite;
 
+use super::super::feed::NewEvent;
 use super::{RevisionRow, UserRow};
 
 /// Calls `$callback!([$args] <every column of `users` but `id`: its SQL type>)`, in the order the INSERT and
@@ -156,6 +157,33 @@ macro_rules! push_insert_revision {
     };
 }
 
+/// Pushes the `INSERT` of the feed event `$event` (its `seq` and `txid` come from the column defaults).
+macro_rules! push_insert_event {
+    ($out:ident, $event:ident) => {
+        $out.push_sql(
+            "INSERT INTO user_events (user_id, revision, event_type, actor, update_mask, create_time, snapshot) \
+             VALUES (",
+        );
+        $out.push_bind_param::<Text, _>(&$event.user_id)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<BigInt, _>(&$event.revision)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<Text, _>(&$event.event_type)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<Text, _>(&$event.actor)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<Text, _>(&$event.update_mask)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<Timestamp, _>(&$event.create_time)?;
+        $out.push_sql(", ");
+        $out.push_bind_param::<Nullable<Text>, _>(&$event.snapshot)?;
+        $out.push_sql(")");
+    };
+}
+
+/// The wake-up of every process's watchers, queued by the writing transaction and delivered only if it commits.
+const NOTIFY_WATCHERS: &str = " SELECT pg_notify('user_events', '')";
+
 fixed_statement! {
     /// `INSERT` of a whole new user row.
     InsertUser<'a>(&'a UserRow) for [Pg, Sqlite], |this, out| {
@@ -195,14 +223,31 @@ fixed_statement! {
 }
 
 fixed_statement! {
-    /// PostgreSQL: [`UpdateUser`] and [`InsertRevision`] in one statement, so one round trip: the UPDATE is a
-    /// data-modifying `WITH`, which PostgreSQL runs to completion whether or not the INSERT reads it. The row is
-    /// locked (`lock_all`), so the UPDATE finds it.
-    UpdateUserWithRevision<'a>((&'a UserRow, &'a RevisionRow)) for [Pg], |this, out| {
-        let (row, revision) = this.0;
+    /// PostgreSQL: [`InsertRevision`], the change's feed event and the watchers' wake-up in one statement, so one
+    /// round trip: data-modifying `WITH`s run to completion whether or not anything reads them.
+    InsertRevisionWithEvent<'a>((&'a RevisionRow, &'a NewEvent)) for [Pg], |this, out| {
+        let (revision, event) = this.0;
+        out.push_sql("WITH revision AS (");
+        push_insert_revision!(out, revision);
+        out.push_sql("), event AS (");
+        push_insert_event!(out, event);
+        out.push_sql(")");
+        out.push_sql(NOTIFY_WATCHERS);
+    }
+}
+
+fixed_statement! {
+    /// PostgreSQL: [`UpdateUser`], [`InsertRevision`], the change's feed event and the watchers' wake-up in one
+    /// statement, so one round trip. The row is locked (`lock_all`), so the UPDATE finds it.
+    UpdateUserWithRevision<'a>((&'a UserRow, &'a RevisionRow, &'a NewEvent)) for [Pg], |this, out| {
+        let (row, revision, event) = this.0;
         out.push_sql("WITH updated_user AS (");
         push_update_user!(out, row);
-        out.push_sql(") ");
+        out.push_sql("), revision AS (");
         push_insert_revision!(out, revision);
+        out.push_sql("), event AS (");
+        push_insert_event!(out, event);
+        out.push_sql(")");
+        out.push_sql(NOTIFY_WATCHERS);
     }
 }

@@ -1,0 +1,277 @@
+//! SQL of the change feed: reading committed events in feed order, the head, the PURGED events and pruning
+//! by retention, and the PostgreSQL listener that wakes this process's watchers on other processes' commits.
+//! (The events of changes are written with their revisions, in `users::insert_revision`.)
+//!
+//! Why a delivered cursor is never passed by a later commit:
+//!
+//! - SQLite has one writer at a time, so the AUTOINCREMENT `seq`, assigned in the write transaction, is commit
+//!   order: once a reader sees `seq` n, everything up to n has committed (or never will).
+//! - PostgreSQL: an id taken before commit is not commit order; a transaction with a smaller one may still be
+//!   running. Each row carries its transaction's id (`txid`), and a read delivers only rows with `txid` below
+//!   `pg_snapshot_xmin(pg_current_snapshot())`, the oldest transaction still running when the read started:
+//!   every transaction below it has ended, so every row that will ever exist below that horizon is already
+//!   visible, and nothing can later appear at or before a delivered `(txid, seq)`. Transactions that write one
+//!   user are serialized by its advisory lock, taken before the transaction has an id (see
+//!   `users::lock_rows`), so the later writer gets the larger id and a user's events come in revision order.
+//!   The price: a long transaction anywhere in the cluster (any database, even one that writes no event)
+//!   holds the horizon back, so events wait until it ends. That is latency, never a skip.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool};
+use uuid::Uuid;
+
+use super::connection::{DbConnection, MultiBackend};
+use super::schema::user_events;
+use crate::domain::event::{Event, EventKind, Position};
+use crate::domain::user::User;
+
+/// The channel PostgreSQL writers notify (in their transaction, so only on commit).
+pub const CHANNEL: &str = "user_events";
+/// How often the listener looks for notifications; also the most a watcher of another process's commit waits.
+const LISTEN_POLL: Duration = Duration::from_millis(20);
+/// How long the listener waits before connecting again after losing its connection.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = user_events)]
+pub struct NewEvent {
+    pub user_id: String,
+    pub revision: i64,
+    pub event_type: String,
+    pub actor: String,
+    pub update_mask: String,
+    pub create_time: NaiveDateTime,
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = user_events)]
+struct EventRow {
+    seq: i64,
+    txid: i64,
+    user_id: String,
+    revision: i64,
+    event_type: String,
+    actor: String,
+    update_mask: String,
+    create_time: NaiveDateTime,
+    snapshot: Option<String>,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> diesel::result::Error {
+    diesel::result::Error::DeserializationError(format!("stored {what} is invalid: {e}").into())
+}
+
+impl EventRow {
+    fn into_event(self) -> QueryResult<Event> {
+        let kind = EventKind::from_name(&self.event_type).ok_or_else(|| corrupt("event type", &self.event_type))?;
+        let user: Option<User> = self.snapshot.as_deref().map(super::users::from_snapshot).transpose()?;
+        Ok(Event {
+            position: Position {
+                txid: self.txid,
+                seq: self.seq,
+            },
+            kind,
+            user_id: Uuid::try_parse(&self.user_id).map_err(|e| corrupt("event user id", e))?,
+            user,
+            revision: self.revision,
+            paths: serde_json::from_str(&self.update_mask).map_err(|e| corrupt("event mask", e))?,
+            actor: self.actor,
+            create_time: self.create_time.and_utc(),
+        })
+    }
+}
+
+/// The visibility horizon: every row below it that will ever exist is visible now. PostgreSQL: the oldest
+/// running transaction; SQLite: unbounded (one writer, see the module documentation).
+fn horizon(conn: &mut DbConnection) -> QueryResult<i64> {
+    match conn {
+        DbConnection::Postgres(pg) => diesel::select(diesel::dsl::sql::<BigInt>(
+            "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+        ))
+        .get_result(pg),
+        DbConnection::Sqlite(_) => Ok(i64::MAX),
+    }
+}
+
+/// What one read of the feed found.
+#[derive(Debug)]
+pub struct Page {
+    /// Events after the reader's position, in feed order.
+    pub events: Vec<Event>,
+    /// How far the reader has covered: the last event's position, or, when the page is not full, as far as the
+    /// horizon (so a watcher with nothing to send still moves on).
+    pub covered: Position,
+    /// Committed events above the horizon wait for an older transaction to end (PostgreSQL): nothing will
+    /// notify the reader when it does, so it should look again soon.
+    pub held_back: bool,
+}
+
+/// One page of events after `after` (see [`Page`]).
+pub fn read_after(conn: &mut DbConnection, after: Position, limit: i64) -> QueryResult<Page> {
+    // The horizon is read before the events: every transaction below it had ended before the events' snapshot.
+    let horizon = horizon(conn)?;
+    let rows: Vec<EventRow> = user_events::table
+        .select(EventRow::as_select())
+        .filter(user_events::txid.lt(horizon))
+        // A row-value comparison, so both planners scan the (txid, seq) key from the cursor on.
+        .filter(
+            diesel::dsl::sql::<Bool>("(user_events.txid, user_events.seq) > (")
+                .bind::<BigInt, _>(after.txid)
+                .sql(", ")
+                .bind::<BigInt, _>(after.seq)
+                .sql(")"),
+        )
+        .order((user_events::txid.asc(), user_events::seq.asc()))
+        .limit(limit)
+        .into_boxed::<MultiBackend>()
+        .load(conn)?;
+    let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
+    let events = rows
+        .into_iter()
+        .map(EventRow::into_event)
+        .collect::<QueryResult<Vec<_>>>()?;
+    let mut covered = events.last().map_or(after, |e| e.position);
+    let mut held_back = false;
+    if !full && horizon != i64::MAX {
+        covered = covered.max(Position {
+            txid: horizon - 1,
+            seq: i64::MAX,
+        });
+        held_back = diesel::select(diesel::dsl::exists(
+            user_events::table.filter(user_events::txid.ge(horizon.max(after.txid))),
+        ))
+        .get_result(conn)?;
+    }
+    Ok(Page {
+        events,
+        covered,
+        held_back,
+    })
+}
+
+/// Where a stream without a start cursor begins: after everything committed so far (PostgreSQL: everything
+/// below the horizon; a change committed above it while an older transaction runs is delivered after the
+/// head, never lost).
+pub fn head(conn: &mut DbConnection) -> QueryResult<Position> {
+    match conn {
+        DbConnection::Postgres(_) => Ok(Position {
+            txid: horizon(conn)? - 1,
+            seq: i64::MAX,
+        }),
+        DbConnection::Sqlite(_) => {
+            let last: Option<i64> = user_events::table
+                .select(diesel::dsl::max(user_events::seq))
+                .get_result(conn)?;
+            Ok(Position {
+                txid: 0,
+                seq: last.unwrap_or(0),
+            })
+        }
+    }
+}
+
+/// Records that `user` was purged: a `Purged` event holding only its id and last revision.
+pub fn insert_purged(conn: &mut DbConnection, user: &User, now: DateTime<Utc>) -> QueryResult<()> {
+    diesel::insert_into(user_events::table)
+        .values(NewEvent {
+            user_id: user.id.to_string(),
+            revision: user.revision,
+            event_type: EventKind::Purged.name().to_owned(),
+            actor: PURGE_ACTOR.to_owned(),
+            update_mask: "[]".to_owned(),
+            create_time: now.naive_utc(),
+            snapshot: None,
+        })
+        .execute(conn)?;
+    if let DbConnection::Postgres(pg) = conn {
+        diesel::sql_query("SELECT pg_notify('user_events', '')").execute(pg)?;
+    }
+    Ok(())
+}
+
+/// The actor of purges, which no caller makes.
+pub const PURGE_ACTOR: &str = "system";
+
+/// Deletes the events older than `before`; returns how many.
+pub fn prune(conn: &mut DbConnection, before: DateTime<Utc>) -> QueryResult<usize> {
+    diesel::delete(user_events::table.filter(user_events::create_time.lt(before.naive_utc()))).execute(conn)
+}
+
+/// Wakes this process's watchers: a counter bumped after every commit that wrote events (here or, through
+/// the PostgreSQL listener, in another process). Watchers wait for it to change, with a slow poll as backstop.
+#[derive(Clone)]
+pub struct Signal {
+    sender: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        Signal {
+            sender: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+}
+
+impl Signal {
+    pub fn notify(&self) {
+        self.sender.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sender.subscribe()
+    }
+
+    fn downgrade(&self) -> Weak<tokio::sync::watch::Sender<u64>> {
+        Arc::downgrade(&self.sender)
+    }
+}
+
+/// PostgreSQL: a thread with a connection of its own that LISTENs on [`CHANNEL`] and bumps `signal` on every
+/// notification, so watchers here see commits of other processes. It ends when the store is gone.
+pub fn start_listener(url: String, signal: &Signal) -> std::io::Result<()> {
+    let weak = signal.downgrade();
+    std::thread::Builder::new()
+        .name("feed-listener".into())
+        .spawn(move || {
+            while weak.strong_count() > 0 {
+                if let Err(e) = listen(&url, &weak) {
+                    tracing::warn!(error = %e, "change feed listener lost its connection; reconnecting");
+                }
+                std::thread::sleep(LISTEN_RETRY);
+            }
+        })?;
+    Ok(())
+}
+
+fn listen(url: &str, weak: &Weak<tokio::sync::watch::Sender<u64>>) -> anyhow::Result<()> {
+    use diesel::connection::SimpleConnection;
+    let mut pg = diesel::PgConnection::establish(url)?;
+    pg.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+    // Wake once on (re)connecting: notifications sent while disconnected are lost.
+    let wake = |weak: &Weak<tokio::sync::watch::Sender<u64>>| {
+        weak.upgrade()
+            .map(|sender| sender.send_modify(|n| *n = n.wrapping_add(1)))
+    };
+    wake(weak);
+    loop {
+        // notifications_iter only reads what has arrived, without blocking; a short sleep between polls keeps
+        // this thread idle.
+        let mut any = false;
+        for notification in pg.notifications_iter() {
+            notification?;
+            any = true;
+        }
+        if any && wake(weak).is_none() {
+            return Ok(());
+        }
+        if weak.strong_count() == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(LISTEN_POLL);
+    }
+}

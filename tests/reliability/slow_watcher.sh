@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Slow change-feed watcher: a REST watcher (NDJSON over HTTP/1.1, small receive buffer) reads nothing for 30 s
+# while 20,000 changes commit (BatchUpdateUsers, 100 users, ~2 KiB each). The service must not buffer the backlog:
+# its RSS is sampled throughout and may grow by at most SLOW_WATCHER_MAX_GROWTH_MB (default 48; the backlog as
+# JSON alone is ~60 MB). Then the watcher reads again and must get every change exactly once, per user in revision
+# order, from the database. --request-timeout is raised past the pause (which lasts as long as the writes, at
+# least 30 s): a client that reads nothing for longer than it is dropped (and resumes from its last cursor).
+# Usage: tests/reliability/slow_watcher.sh   (USER_SERVICE_BIN defaults to target/debug/user-service)
+name=slow_watcher
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+port="$(free_port)"
+export USER_SERVICE_JWT_SECRET="slow-watcher-secret-of-at-least-32-bytes"
+token="$("$bin" token --sub ops --scope users.admin)"
+# The writes take minutes in a debug build: the request timeout (which drops a connection holding an answer its
+# client has not read) is raised past them.
+start_server "$port" --database-url "sqlite://$work/users.db" --request-timeout 600s --sqlite-sync normal
+
+SLOW_PORT="$port" SLOW_PID="$server" SLOW_TOKEN="$token" python3 - <<'EOF'
+import json, os, socket, sys, threading, time, urllib.request
+
+port, pid, token = int(os.environ["SLOW_PORT"]), int(os.environ["SLOW_PID"]), os.environ["SLOW_TOKEN"]
+max_growth_mb = float(os.environ.get("SLOW_WATCHER_MAX_GROWTH_MB", "48"))
+base = f"http://127.0.0.1:{port}"
+users, batches, pause = 100, 200, 30.0
+
+def call(method, path, body):
+    request = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)
+
+def rss_mb():
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+stop = threading.Event()
+filler = "x" * 2000
+ids = [call("POST", "/v1/users", {"email": f"slow{i}@example.com", "description": filler})["id"] for i in range(users)]
+
+# The watcher: HTTP/1.1 on a socket with a small receive buffer, so the server feels it stop reading at once.
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+sock.connect(("127.0.0.1", port))
+sock.sendall(f"GET /v1/users:watch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+stream = sock.makefile("rb")
+status = stream.readline()
+assert b" 200 " in status, status
+while stream.readline() not in (b"\r\n", b""):
+    pass
+
+def chunks():
+    """The NDJSON lines of the chunked body."""
+    pending = b""
+    while True:
+        header = stream.readline()
+        if not header:
+            stop.set()
+            sys.exit("slow_watcher: FAIL: the server closed the stream")
+        size = int(header.strip(), 16)
+        if size == 0:
+            return
+        pending += stream.read(size)
+        stream.readline()
+        *lines, pending = pending.split(b"\n")
+        yield from lines
+
+lines = chunks()
+first = json.loads(next(lines))
+assert first["type"] == "BOOKMARK", first
+
+baseline = rss_mb()
+peak = baseline
+def sample():
+    global peak
+    while not stop.is_set():
+        peak = max(peak, rss_mb())
+        time.sleep(0.2)
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
+
+started = time.time()
+acknowledged = {}
+for b in range(batches):
+    requests = [{"user": {"id": ids[i], "givenName": f"b{b}"}, "updateMask": "givenName"} for i in range(users)]
+    if b % 50 == 0:
+        print(f"slow_watcher: batch {b} of {batches}, RSS {rss_mb():.1f} MB", flush=True)
+    for u in call("POST", "/v1/users:batchUpdate", {"requests": requests})["users"]:
+        acknowledged.setdefault(u["id"], []).append(int(u["revision"]))
+wrote = time.time() - started
+total = sum(len(v) for v in acknowledged.values())
+assert total == users * batches, total
+time.sleep(max(0.0, pause - wrote))
+paused = time.time() - started
+during = peak
+
+seen = {}
+count = 0
+read_started = time.time()
+for line in lines:
+    event = json.loads(line)
+    if "error" in event:
+        stop.set()
+        sys.exit(f"slow_watcher: FAIL: the stream ended with {event}")
+    if event["type"] == "BOOKMARK":
+        continue
+    seen.setdefault(event["user"]["id"], []).append(int(event["revision"]))
+    count += 1
+    if count == total:
+        break
+caught_up = time.time() - read_started
+stop.set()
+sampler.join()
+growth = during - baseline
+print(f"slow_watcher: {total} changes written in {wrote:.1f} s; watcher silent for {paused:.1f} s, then caught up "
+      f"in {caught_up:.1f} s; RSS {baseline:.1f} MB before, peak {during:.1f} MB while silent (+{growth:.1f} MB), "
+      f"peak {peak:.1f} MB overall")
+expected = {k: sorted(v) for k, v in acknowledged.items()}
+if seen != expected:
+    sys.exit("slow_watcher: FAIL: the watcher did not get every change exactly once in revision order")
+if growth > max_growth_mb:
+    sys.exit(f"slow_watcher: FAIL: RSS grew by {growth:.1f} MB while the watcher was silent (limit {max_growth_mb} MB)")
+print("1 passed, 0 failed")
+EOF
