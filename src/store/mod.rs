@@ -350,7 +350,14 @@ impl Store {
     pub async fn begin_sign_in(&self, key: LoginKey, now: DateTime<Utc>) -> Result<SignInStart, Error> {
         self.transact(move |conn| {
             let Some(((user, hash), attempts)) = users::lock_for_sign_in(conn, &key)? else {
-                return Ok(SignInStart::Unknown);
+                let (digest, attempts) = users::lock_unknown_sign_in(conn, &key, now)?;
+                return match sign_in::take_attempt(attempts, now) {
+                    Err(retry_after) => Ok(SignInStart::LockedOut(retry_after)),
+                    Ok(taken) => {
+                        users::set_unknown_attempts(conn, &digest, taken, now)?;
+                        Ok(SignInStart::Unknown)
+                    }
+                };
             };
             match sign_in::take_attempt(attempts, now) {
                 Err(retry_after) => Ok(SignInStart::LockedOut(retry_after)),
@@ -412,6 +419,10 @@ impl Store {
             .and_then(|r| now.checked_sub_signed(r))
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         self.transact(move |conn| Ok(feed::prune(conn, before)?)).await?;
+        // An unknown login's count matters only while a lockout could still follow from it.
+        let forgotten = now - sign_in::MAX_LOCKOUT - chrono::Duration::hours(1);
+        self.transact(move |conn| Ok(users::prune_unknown_sign_ins(conn, forgotten)?))
+            .await?;
         Ok(purged)
     }
 

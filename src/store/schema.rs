@@ -124,6 +124,15 @@ diesel::joinable!(user_verifications -> users (user_id));
 diesel::joinable!(user_labels -> users (user_id));
 diesel::joinable!(user_roles -> users (user_id));
 diesel::joinable!(user_revisions -> users (user_id));
+diesel::table! {
+    unknown_sign_ins (login_digest) {
+        login_digest -> Text,
+        failed_logins -> Integer,
+        locked_until -> Nullable<Timestamp>,
+        update_time -> Timestamp,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     users,
     user_labels,
@@ -133,5 +142,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     user_verification_codes,
     user_verifications,
     mail_outbox,
-    user_events
+    user_events,
+    unknown_sign_ins
 );

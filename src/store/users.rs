@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::connection::{DbConnection, MultiBackend};
 use super::schema::{
-    user_labels, user_revisions, user_roles, user_sign_ins, user_verification_codes, user_verifications, users,
+    unknown_sign_ins, user_labels, user_revisions, user_roles, user_sign_ins, user_verification_codes,
+    user_verifications, users,
 };
 use crate::domain::change::PasswordWrite;
 use crate::domain::command::Outcome;
@@ -876,6 +877,73 @@ pub fn lock_for_sign_in(conn: &mut DbConnection, key: &LoginKey) -> QueryResult<
         locked_until: locked_until.map(utc),
     });
     Ok(Some((row.into_user()?, attempts)))
+}
+
+/// The attempts of a login that names nobody, locked for the rest of the transaction like a user's (the row is
+/// created first if it is new, so concurrent attempts on one login take their turns), and the key they are
+/// stored under. API §9: an unknown login must cost what a wrong password costs, lockout included.
+pub fn lock_unknown_sign_in(
+    conn: &mut DbConnection,
+    key: &LoginKey,
+    now: DateTime<Utc>,
+) -> QueryResult<(String, Attempts)> {
+    use sha2::{Digest, Sha256};
+    let login = match key {
+        LoginKey::Id(id) => format!("id:{id}"),
+        LoginKey::Email(email) => format!("email:{}", email.to_lowercase()),
+        LoginKey::Username(username) => format!("username:{}", username.to_lowercase()),
+    };
+    let digest: String = Sha256::digest(login.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let new = (
+        unknown_sign_ins::login_digest.eq(&digest),
+        unknown_sign_ins::failed_logins.eq(0),
+        unknown_sign_ins::update_time.eq(naive(now)),
+    );
+    // The multi-backend connection has no ON CONFLICT; each backend's own does.
+    on_backend!(conn, |c| diesel::insert_into(unknown_sign_ins::table)
+        .values(new)
+        .on_conflict_do_nothing()
+        .execute(c))?;
+    let query = unknown_sign_ins::table
+        .find(&digest)
+        .select((unknown_sign_ins::failed_logins, unknown_sign_ins::locked_until));
+    let (failed, locked_until): (i32, Option<NaiveDateTime>) = match conn {
+        DbConnection::Postgres(pg) => query.for_update().get_result(pg)?,
+        // The INSERT took the database's write lock.
+        DbConnection::Sqlite(sqlite) => query.get_result(sqlite)?,
+    };
+    Ok((
+        digest,
+        Attempts {
+            failed,
+            locked_until: locked_until.map(utc),
+        },
+    ))
+}
+
+/// Stores the attempts of a login that names nobody (see [`lock_unknown_sign_in`]).
+pub fn set_unknown_attempts(
+    conn: &mut DbConnection,
+    digest: &str,
+    attempts: Attempts,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(unknown_sign_ins::table.find(digest))
+        .set((
+            unknown_sign_ins::failed_logins.eq(attempts.failed),
+            unknown_sign_ins::locked_until.eq(attempts.locked_until.map(naive)),
+            unknown_sign_ins::update_time.eq(naive(now)),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Forgets unknown logins whose last attempt was before `before`; returns how many.
+pub fn prune_unknown_sign_ins(conn: &mut DbConnection, before: DateTime<Utc>) -> QueryResult<usize> {
+    diesel::delete(unknown_sign_ins::table.filter(unknown_sign_ins::update_time.lt(naive(before)))).execute(conn)
 }
 
 /// Stores a user's attempts; the caller holds the user's lock (see [`lock_for_sign_in`]), so the row cannot

@@ -12,6 +12,7 @@ backend_tests!(
     verifies_by_id_email_and_username,
     every_failed_check_gets_the_same_answer,
     concurrent_wrong_guesses_get_five_checks_and_the_lockout_is_shared,
+    an_unknown_login_is_locked_out_as_a_user_is,
     a_success_resets_the_count,
     state_is_told_only_after_a_correct_password,
     only_admin_and_authenticate_may_verify,
@@ -187,6 +188,61 @@ async fn concurrent_wrong_guesses_get_five_checks_and_the_lockout_is_shared(app:
     verify(&mut other, Login::Username("bob".into()), PASSWORD)
         .await
         .expect("bob signs in");
+}
+
+/// A login that names nobody is counted and locked out as a user's is: otherwise the sixth wrong guess would
+/// tell a registered address (TOO_MANY_ATTEMPTS) from an unknown one (INVALID_CREDENTIALS again).
+async fn an_unknown_login_is_locked_out_as_a_user_is(app: TestApp) {
+    let mut c = app.client.clone();
+    let guesses = (0..20).map(|i| {
+        let mut c = c.clone();
+        // The address in varying case: one login, as for a user.
+        let email = if i % 2 == 0 {
+            "Nobody@Example.com"
+        } else {
+            "nobody@example.com"
+        };
+        tokio::spawn(async move { verify(&mut c, Login::Email(email.into()), &format!("Wrong-Pass{i}")).await })
+    });
+    let (mut invalid, mut locked) = (0, 0);
+    for guess in futures::future::join_all(guesses).await {
+        let status = guess.expect("task").expect_err("nobody to sign in");
+        match (status.code(), reason(&status).as_str()) {
+            (Code::InvalidArgument, "INVALID_CREDENTIALS") => invalid += 1,
+            (Code::ResourceExhausted, "TOO_MANY_ATTEMPTS") => {
+                assert!(status.get_details_retry_info().is_some(), "{status:?}");
+                locked += 1;
+            }
+            other => panic!("unexpected answer {other:?}: {status:?}"),
+        }
+    }
+    assert_eq!(
+        (invalid, locked),
+        (5, 15),
+        "an unknown login gets the five checks a user gets"
+    );
+    // The same lockout answer as a registered user's, on a second server on the same database too.
+    let ann = member(&mut c, "ann").await;
+    for i in 0..5 {
+        let _ = verify(&mut c, Login::Id(ann.id.clone()), &format!("Wrong-Pass{i}")).await;
+    }
+    let known = expect_code(
+        verify(&mut c, Login::Id(ann.id.clone()), PASSWORD).await,
+        Code::ResourceExhausted,
+    );
+    let beside = app.start_beside().await;
+    let mut other = beside.client.clone();
+    let unknown = expect_code(
+        verify(&mut other, Login::Email("nobody@example.com".into()), PASSWORD).await,
+        Code::ResourceExhausted,
+    );
+    assert_eq!((known.message(), reason(&known)), (unknown.message(), reason(&unknown)));
+    // Other unknown logins are not affected.
+    let fresh = expect_code(
+        verify(&mut other, Login::Username("someone-else".into()), PASSWORD).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(reason(&fresh), "INVALID_CREDENTIALS");
 }
 
 async fn a_success_resets_the_count(app: TestApp) {
