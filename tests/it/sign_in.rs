@@ -54,6 +54,24 @@ fn timestamp_in(seconds: i64) -> Option<prost_types::Timestamp> {
 }
 
 /// Everything a client can tell of an error.
+/// How many of the wrong guesses were checked (INVALID_CREDENTIALS) and how many refused unchecked
+/// (TOO_MANY_ATTEMPTS, with RetryInfo); any other answer fails the test.
+async fn tally(guesses: impl Iterator<Item = tokio::task::JoinHandle<Result<pb::User, Status>>>) -> (usize, usize) {
+    let (mut invalid, mut locked) = (0, 0);
+    for guess in futures::future::join_all(guesses).await {
+        let status = guess.expect("task").expect_err("every guess is wrong");
+        match (status.code(), reason(&status).as_str()) {
+            (Code::InvalidArgument, "INVALID_CREDENTIALS") => invalid += 1,
+            (Code::ResourceExhausted, "TOO_MANY_ATTEMPTS") => {
+                assert!(status.get_details_retry_info().is_some(), "{status:?}");
+                locked += 1;
+            }
+            other => panic!("unexpected answer {other:?}: {status:?}"),
+        }
+    }
+    (invalid, locked)
+}
+
 fn whole(status: &Status) -> (Code, String, Vec<u8>) {
     (status.code(), status.message().to_owned(), status.details().to_vec())
 }
@@ -152,19 +170,7 @@ async fn concurrent_wrong_guesses_get_five_checks_and_the_lockout_is_shared(app:
         let id = ann.id.clone();
         tokio::spawn(async move { verify(&mut c, Login::Id(id), &format!("Wrong-Pass{i}")).await })
     });
-    let (mut invalid, mut locked) = (0, 0);
-    for guess in futures::future::join_all(guesses).await {
-        let status = guess.expect("task").expect_err("every guess is wrong");
-        match (status.code(), reason(&status).as_str()) {
-            (Code::InvalidArgument, "INVALID_CREDENTIALS") => invalid += 1,
-            (Code::ResourceExhausted, "TOO_MANY_ATTEMPTS") => {
-                assert!(status.get_details_retry_info().is_some(), "{status:?}");
-                locked += 1;
-            }
-            other => panic!("unexpected answer {other:?}: {status:?}"),
-        }
-    }
-    assert_eq!((invalid, locked), (5, 15), "only five guesses were checked");
+    assert_eq!(tally(guesses).await, (5, 15), "only five guesses were checked");
     // Locked out, the right password is refused too, here and on a second server on the same database.
     let refused = expect_code(
         verify(&mut c, Login::Id(ann.id.clone()), PASSWORD).await,
@@ -204,20 +210,8 @@ async fn an_unknown_login_is_locked_out_as_a_user_is(app: TestApp) {
         };
         tokio::spawn(async move { verify(&mut c, Login::Email(email.into()), &format!("Wrong-Pass{i}")).await })
     });
-    let (mut invalid, mut locked) = (0, 0);
-    for guess in futures::future::join_all(guesses).await {
-        let status = guess.expect("task").expect_err("nobody to sign in");
-        match (status.code(), reason(&status).as_str()) {
-            (Code::InvalidArgument, "INVALID_CREDENTIALS") => invalid += 1,
-            (Code::ResourceExhausted, "TOO_MANY_ATTEMPTS") => {
-                assert!(status.get_details_retry_info().is_some(), "{status:?}");
-                locked += 1;
-            }
-            other => panic!("unexpected answer {other:?}: {status:?}"),
-        }
-    }
     assert_eq!(
-        (invalid, locked),
+        tally(guesses).await,
         (5, 15),
         "an unknown login gets the five checks a user gets"
     );
