@@ -364,6 +364,11 @@ class SonoraChannel:
 
         return call
 
+    def unary_stream(self, path, request_serializer=None, response_deserializer=None, **_ignored):
+        # The stub builds a callable for every method, WatchUsers (server streaming) included; the checks here
+        # call only unary methods (the feed's gRPC-Web streaming has its own tests in tests/it/feed.rs).
+        return self._channel.unary_stream(path, request_serializer, response_deserializer)
+
     def _check_wire_format(self, path):
         resp = self._pool.last
         expect(resp is not None, f"{path}: no HTTP response")

@@ -193,6 +193,9 @@ sys.exit(0 if str(doc.get("openapi", "")).startswith("3.") and doc.get("paths") 
         --suppress-health-check all
         --no-color
         --report json --report-json-path "$work/schemathesis-$label.json"
+        # WatchUsers streams until the client leaves: every request would end in schemathesis's read timeout,
+        # which it reports as a network error. Its answers are checked by tests/it/feed.rs.
+        --exclude-path /v1/users:watch
     )
     if [[ -n "$token" ]]; then
         args+=(-H "Authorization: Bearer $token")
