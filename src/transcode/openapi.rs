@@ -279,26 +279,21 @@ impl Schemas {
         let description = description.unwrap_or_else(|| format!("A `{}`.", output.full_name()));
         if binding.rpc.is_server_streaming() {
             // The transcoder streams the messages in one of two media types (see `transcode::streaming`).
+            // A Media Type Object has no description: what each media type carries is told in the response's.
             return json!({
                 "description": format!(
-                    "A stream of `{}` messages. {description}",
-                    output.full_name()
+                    "A stream of `{}` messages. {description} As `{}` (the default): one JSON message per line; \
+                     a failure after the stream began is its last line, a REST error body. With `Accept: {}`: \
+                     one Server-Sent Event per message, `data:` its JSON and `id:` its `{}` field; a failure \
+                     after the stream began is an `event: error` with a REST error body.",
+                    output.full_name(),
+                    super::streaming::NDJSON,
+                    super::streaming::EVENT_STREAM,
+                    super::streaming::CURSOR_FIELD
                 ),
                 "content": {
-                    super::streaming::NDJSON: {
-                        "schema": schema,
-                        "description": "The default: one JSON message per line. A failure after the stream began \
-                                        is its last line, a REST error body.",
-                    },
-                    super::streaming::EVENT_STREAM: {
-                        "schema": {"type": "string"},
-                        "description": format!(
-                            "With `Accept: text/event-stream`: one Server-Sent Event per message, `data:` its JSON \
-                             and `id:` its `{}` field; a failure after the stream began is an `event: error` with \
-                             a REST error body.",
-                            super::streaming::CURSOR_FIELD
-                        ),
-                    },
+                    super::streaming::NDJSON: {"schema": schema},
+                    super::streaming::EVENT_STREAM: {"schema": {"type": "string"}},
                 },
             });
         }
