@@ -65,6 +65,22 @@ async fn next(stream: &mut Streaming<pb::UserEvent>) -> pb::UserEvent {
 }
 
 /// The next event that is not a bookmark.
+/// Sets the user's given name; returns the acknowledged revision.
+async fn rename(client: &mut Client, id: &str, given_name: String) -> i64 {
+    update(
+        client,
+        pb::User {
+            id: id.to_owned(),
+            given_name,
+            ..Default::default()
+        },
+        &["given_name"],
+    )
+    .await
+    .expect("update")
+    .revision
+}
+
 async fn next_change(stream: &mut Streaming<pb::UserEvent>) -> pb::UserEvent {
     loop {
         let event = next(stream).await;
@@ -240,18 +256,8 @@ async fn concurrent_writers_every_revision_once_in_order(app: TestApp) {
             let mut acknowledged = Vec::new();
             for n in 0..50usize {
                 let id = ids[(w + n) % ids.len()].clone();
-                let updated = update(
-                    &mut client,
-                    pb::User {
-                        id: id.clone(),
-                        given_name: format!("w{w}n{n}"),
-                        ..Default::default()
-                    },
-                    &["given_name"],
-                )
-                .await
-                .expect("update");
-                acknowledged.push((id, updated.revision));
+                let revision = rename(&mut client, &id, format!("w{w}n{n}")).await;
+                acknowledged.push((id, revision));
             }
             acknowledged
         }));
@@ -655,18 +661,8 @@ async fn two_processes_on_one_postgres_each_see_every_change_once() {
         writers.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             for n in 0..25 {
-                let updated = update(
-                    &mut client,
-                    pb::User {
-                        id: id.clone(),
-                        given_name: format!("w{w}n{n}"),
-                        ..Default::default()
-                    },
-                    &["given_name"],
-                )
-                .await
-                .expect("update");
-                acknowledged.push((id.clone(), updated.revision));
+                let revision = rename(&mut client, &id, format!("w{w}n{n}")).await;
+                acknowledged.push((id.clone(), revision));
             }
             acknowledged
         }));
