@@ -195,8 +195,9 @@ impl Metrics {
     }
 
     /// The metrics in the Prometheus text format; `group_commits` is the SQLite writer's count of committed
-    /// batches and of the writes they held (absent on PostgreSQL).
-    pub fn render(&self, group_commits: Option<(u64, u64)>) -> String {
+    /// batches and of the writes they held (absent on PostgreSQL); `feed_reads` the change feed's reads by the
+    /// shared reader and by watchers catching up on their own.
+    pub fn render(&self, group_commits: Option<(u64, u64)>, feed_reads: (u64, u64)) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -255,6 +256,18 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE user_service_sqlite_committed_writes_total counter");
             let _ = writeln!(out, "user_service_sqlite_committed_writes_total {writes}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP user_service_feed_reads_total Reads of the change feed: by the shared reader (one per wake-up, \
+             whatever the number of watchers), and by watchers behind it catching up on their own."
+        );
+        let _ = writeln!(out, "# TYPE user_service_feed_reads_total counter");
+        let (shared, catching_up) = feed_reads;
+        let _ = writeln!(out, "user_service_feed_reads_total{{reader=\"shared\"}} {shared}");
+        let _ = writeln!(
+            out,
+            "user_service_feed_reads_total{{reader=\"catching_up\"}} {catching_up}"
+        );
         self.render_mail(&mut out);
         out
     }
@@ -301,7 +314,7 @@ mod tests {
         m.record_rpc("GetUser", Protocol::Rest, "OK", Duration::from_secs(10));
         m.record_refusal(Protocol::Grpc, "UNAUTHENTICATED");
         m.set_database_up(true);
-        let text = m.render(None);
+        let text = m.render(None, (0, 0));
         assert!(text.contains(
             "user_service_rpc_duration_seconds_bucket{rpc=\"GetUser\",protocol=\"rest\",code=\"OK\",le=\"0.005\"} 1"
         ));
@@ -314,7 +327,7 @@ mod tests {
         assert!(text.contains("user_service_refused_total{protocol=\"grpc\",reason=\"UNAUTHENTICATED\"} 1"));
         assert!(text.contains("user_service_database_up 1"));
         assert!(!text.contains("user_service_sqlite_commits_total"));
-        let text = m.render(Some((3, 70)));
+        let text = m.render(Some((3, 70)), (0, 0));
         assert!(text.contains("user_service_sqlite_commits_total 3\n"));
         assert!(text.contains("user_service_sqlite_committed_writes_total 70\n"));
     }

@@ -1,6 +1,7 @@
-//! WatchUsers streams: one task per stream reads the feed from the database a small page at a time and sends
-//! what the watcher may see through a small channel, so a watcher that stops reading holds at most a page and
-//! the channel's messages; when it reads again the task goes on from where it stopped, in the database.
+//! WatchUsers streams: one task per stream takes the batches of the process's shared reader (`store::tail`)
+//! while it keeps up, reads the database a small page at a time while it is behind, and sends what the watcher
+//! may see through a small channel. A watcher that stops reading holds at most a page and the channel's
+//! messages; when it reads again the task goes on from where it stopped, in the database.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::Stream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tonic::Status;
 use uuid::Uuid;
 
@@ -16,25 +17,16 @@ use super::convert::{bookmark, event_to_proto};
 use super::status;
 use crate::domain::caller::Caller;
 use crate::domain::error::Error;
-use crate::domain::event::{FeedCursor, Position, Watch};
+use crate::domain::event::{Event, FeedCursor, Position, Watch};
 use crate::domain::filter;
 use crate::domain::permission::{self, Rpc};
 use crate::pb;
-use crate::store::Store;
+use crate::store::{FeedReader, Store};
 
 /// Events read from the database at a time.
 const PAGE: i64 = 64;
 /// Messages a stream holds for a watcher that is not reading; past it the task waits (back-pressure).
 const BUFFER: usize = 16;
-/// How often a caught-up stream looks at the database even without a wake-up: a backstop for a lost
-/// notification (a reconnecting listener), not the normal path.
-const BACKSTOP_POLL: Duration = Duration::from_secs(2);
-
-/// The first wait before looking again at events held back by an older transaction, doubling up to
-/// [`HELD_BACK_MAX`]: a long transaction elsewhere in the cluster costs a few reads a second per waiting stream.
-const HELD_BACK_POLL: Duration = Duration::from_millis(10);
-const HELD_BACK_MAX: Duration = Duration::from_millis(200);
-
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::UserEvent, Status>> + Send + 'static>>;
 
 /// The streams a process serves: how many may be open, and the feed's timing.
@@ -147,51 +139,36 @@ impl Feed {
 
     async fn stream(&self, start: FeedCursor) -> Result<(), Gone> {
         self.send(Ok(bookmark(start.encode()))).await?;
-        let mut signal = self.store.feed_signal();
+        // Subscribed before the first read: every batch published after it is received or reported lagged,
+        // so whatever the database read leaves out is in a batch this stream sees.
+        let mut tail = self.store.feed_tail();
         let mut at: Position = start.position;
         let mut quiet_since = tokio::time::Instant::now();
-        let mut held_back_poll = HELD_BACK_POLL;
+        self.catch_up(&mut at, &mut quiet_since).await?;
         loop {
-            // Marked seen before the read: a commit after this point changes the signal again.
-            signal.borrow_and_update();
-            let page = match self.store.feed_after(at, PAGE).await {
-                Ok(read) => read,
-                Err(e) => {
-                    let _ = self.send(Err(status::to_status(e, &self.request_id))).await;
-                    return Err(Gone);
-                }
-            };
-            let full = i64::try_from(page.events.len()).unwrap_or(i64::MAX) >= PAGE;
-            for event in &page.events {
-                at = event.position;
-                if self.watch.sees(event) {
-                    let cursor = FeedCursor {
-                        position: at,
-                        time: event.create_time,
-                    };
-                    self.send(Ok(event_to_proto(event, cursor.encode()))).await?;
-                    quiet_since = tokio::time::Instant::now();
-                }
-            }
-            at = at.max(page.covered);
-            if full {
-                continue;
-            }
-            // Events held back by an older transaction are delivered once it ends, which notifies nobody: look
-            // again soon, backing off while it lasts.
-            let poll = if page.held_back {
-                let wait = held_back_poll;
-                held_back_poll = (held_back_poll * 2).min(HELD_BACK_MAX);
-                wait
-            } else {
-                held_back_poll = HELD_BACK_POLL;
-                BACKSTOP_POLL
-            };
             let bookmark_due = quiet_since + self.bookmark_interval;
             tokio::select! {
-                _ = signal.changed() => {}
-                () = tokio::time::sleep(poll) => {}
+                batch = tail.recv() => match batch {
+                    Ok(batch) if batch.to <= at => {}
+                    Ok(batch) if batch.from <= at => {
+                        self.deliver(&batch.events, &mut at, &mut quiet_since).await?;
+                        at = at.max(batch.to);
+                    }
+                    // A range this stream has not seen: it fell out of the ring (it was not reading), or the
+                    // shared reader began after it.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.catch_up(&mut at, &mut quiet_since).await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tail = self.store.feed_tail();
+                        self.catch_up(&mut at, &mut quiet_since).await?;
+                    }
+                },
+                // A bookmark after silence reads the database first: its cursor is then as fresh as it can
+                // be, and a database that stopped answering ends the stream with its error instead of leaving
+                // it silent while the shared reader retries.
                 () = tokio::time::sleep_until(bookmark_due) => {
+                    self.catch_up(&mut at, &mut quiet_since).await?;
                     let cursor = FeedCursor { position: at, time: Utc::now() };
                     self.send(Ok(bookmark(cursor.encode()))).await?;
                     quiet_since = tokio::time::Instant::now();
@@ -199,5 +176,47 @@ impl Feed {
                 () = self.sender.closed() => return Err(Gone),
             }
         }
+    }
+
+    /// Reads from the database, a page at a time, everything after `at` up to the visibility horizon.
+    async fn catch_up(&self, at: &mut Position, quiet_since: &mut tokio::time::Instant) -> Result<(), Gone> {
+        loop {
+            let page = match self.store.feed_after(FeedReader::CatchingUp, *at, PAGE).await {
+                Ok(read) => read,
+                Err(e) => {
+                    let _ = self.send(Err(status::to_status(e, &self.request_id))).await;
+                    return Err(Gone);
+                }
+            };
+            let full = i64::try_from(page.events.len()).unwrap_or(i64::MAX) >= PAGE;
+            self.deliver(&page.events, at, quiet_since).await?;
+            *at = (*at).max(page.covered);
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends the events after `at` that this watcher may see, moving `at` past each.
+    async fn deliver(
+        &self,
+        events: &[Event],
+        at: &mut Position,
+        quiet_since: &mut tokio::time::Instant,
+    ) -> Result<(), Gone> {
+        // Events come in feed order, so those after the starting point are those after `at` as it moves.
+        let from = *at;
+        for event in events.iter().filter(|e| e.position > from) {
+            *at = event.position;
+            if self.watch.sees(event) {
+                let cursor = FeedCursor {
+                    position: event.position,
+                    time: event.create_time,
+                };
+                self.send(Ok(event_to_proto(event, cursor.encode()))).await?;
+                *quiet_since = tokio::time::Instant::now();
+            }
+        }
+        Ok(())
     }
 }

@@ -156,10 +156,11 @@ pub(super) fn router<H: Health>(
                 move || {
                     let metrics = metrics.clone();
                     let commits = store.write_stats().map(WriteStats::snapshot);
+                    let feed_reads = store.feed_reads();
                     async move {
                         (
                             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                            metrics.render(commits),
+                            metrics.render(commits, feed_reads),
                         )
                     }
                 }

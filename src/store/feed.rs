@@ -29,10 +29,11 @@ use super::schema::user_events;
 use crate::domain::event::{Event, EventKind, Position};
 use crate::domain::user::User;
 
-/// The channel PostgreSQL writers notify (in their transaction, so only on commit).
+/// The channel on which PostgreSQL processes tell each other of their commits.
 pub const CHANNEL: &str = "user_events";
-/// How often the listener looks for notifications; also the most a watcher of another process's commit waits.
-const LISTEN_POLL: Duration = Duration::from_millis(20);
+/// How often the listener looks for notifications when this process commits nothing; also the most a watcher
+/// waits for another process's commit beyond the notification's own trip.
+const LISTEN_POLL: Duration = Duration::from_millis(5);
 /// How long the listener waits before connecting again after losing its connection.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
@@ -188,9 +189,6 @@ pub fn insert_purged(conn: &mut DbConnection, user: &User, now: DateTime<Utc>) -
             snapshot: None,
         })
         .execute(conn)?;
-    if let DbConnection::Postgres(pg) = conn {
-        diesel::sql_query("SELECT pg_notify('user_events', '')").execute(pg)?;
-    }
     Ok(())
 }
 
@@ -202,17 +200,27 @@ pub fn prune(conn: &mut DbConnection, before: DateTime<Utc>) -> QueryResult<usiz
     diesel::delete(user_events::table.filter(user_events::create_time.lt(before.naive_utc()))).execute(conn)
 }
 
-/// Wakes this process's watchers: a counter bumped after every commit that wrote events (here or, through
-/// the PostgreSQL listener, in another process). Watchers wait for it to change, with a slow poll as backstop.
+/// Wakes watchers after every commit that wrote events: this process's at once (a counter they wait on to
+/// change, with a slow poll as backstop), and on PostgreSQL other processes' through the listener thread,
+/// which sends one `NOTIFY` for however many commits happened while its previous one was on the way.
+///
+/// Why not `NOTIFY` in the writing transaction, which would be delivered exactly on commit: PostgreSQL takes
+/// one cluster-wide lock at the commit of every transaction that notified, so all writers would commit one
+/// after another. After the commit, a crash can lose a wake-up; other processes then see the change at their
+/// next backstop poll, never miss it (the feed is read from the table).
 #[derive(Clone)]
 pub struct Signal {
     sender: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The listener's queue of commits to announce: one slot, so a full queue means an announcement is
+    /// already due and covers this commit too.
+    announce: Arc<std::sync::OnceLock<std::sync::mpsc::SyncSender<()>>>,
 }
 
 impl Default for Signal {
     fn default() -> Self {
         Signal {
             sender: Arc::new(tokio::sync::watch::channel(0).0),
+            announce: Arc::new(std::sync::OnceLock::new()),
         }
     }
 }
@@ -220,6 +228,10 @@ impl Default for Signal {
 impl Signal {
     pub fn notify(&self) {
         self.sender.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(announce) = self.announce.get() {
+            // Full: an announcement is already due. Disconnected: the listener is gone with the store.
+            let _ = announce.try_send(());
+        }
     }
 
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -231,16 +243,22 @@ impl Signal {
     }
 }
 
-/// PostgreSQL: a thread with a connection of its own that LISTENs on [`CHANNEL`] and bumps `signal` on every
-/// notification, so watchers here see commits of other processes. It ends when the store is gone.
+/// PostgreSQL: a thread with a connection of its own that announces this process's commits on [`CHANNEL`] and
+/// LISTENs there, bumping `signal` on other processes' announcements, so watchers here see their commits. It
+/// ends when the store is gone.
 pub fn start_listener(url: String, signal: &Signal) -> std::io::Result<()> {
     let weak = signal.downgrade();
+    let (announce, commits) = std::sync::mpsc::sync_channel(1);
+    if signal.announce.set(announce).is_err() {
+        return Err(std::io::Error::other("the change feed listener was already started"));
+    }
     std::thread::Builder::new()
         .name("feed-listener".into())
         .spawn(move || {
             while weak.strong_count() > 0 {
-                if let Err(e) = listen(&url, &weak) {
-                    tracing::warn!(error = %e, "change feed listener lost its connection; reconnecting");
+                match listen(&url, &weak, &commits) {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "change feed listener lost its connection; reconnecting"),
                 }
                 std::thread::sleep(LISTEN_RETRY);
             }
@@ -248,30 +266,43 @@ pub fn start_listener(url: String, signal: &Signal) -> std::io::Result<()> {
     Ok(())
 }
 
-fn listen(url: &str, weak: &Weak<tokio::sync::watch::Sender<u64>>) -> anyhow::Result<()> {
+/// Serves one connection until the store is gone (`Ok`) or the connection fails.
+fn listen(
+    url: &str,
+    weak: &Weak<tokio::sync::watch::Sender<u64>>,
+    commits: &std::sync::mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
     use diesel::connection::SimpleConnection;
+    use std::sync::mpsc::RecvTimeoutError;
     let mut pg = diesel::PgConnection::establish(url)?;
-    pg.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-    // Wake once on (re)connecting: notifications sent while disconnected are lost.
+    // An announcement is a wake-up, lost anyway if this process dies: it need not wait for the disk.
+    pg.batch_execute(&format!("SET synchronous_commit = off; LISTEN {CHANNEL}"))?;
+    let own_pid: i32 =
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("pg_backend_pid()")).get_result(&mut pg)?;
+    let announce = format!("NOTIFY {CHANNEL}");
+    // On (re)connecting, wake both sides once: announcements sent or due while disconnected are lost.
     let wake = |weak: &Weak<tokio::sync::watch::Sender<u64>>| {
         weak.upgrade()
             .map(|sender| sender.send_modify(|n| *n = n.wrapping_add(1)))
     };
     wake(weak);
+    pg.batch_execute(&announce)?;
     loop {
-        // notifications_iter only reads what has arrived, without blocking; a short sleep between polls keeps
-        // this thread idle.
-        let mut any = false;
-        for notification in pg.notifications_iter() {
-            notification?;
-            any = true;
+        match commits.recv_timeout(LISTEN_POLL) {
+            Ok(()) => pg.batch_execute(&announce)?,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
-        if any && wake(weak).is_none() {
+        // notifications_iter only reads what has arrived, without blocking.
+        let mut foreign = false;
+        for notification in pg.notifications_iter() {
+            foreign |= notification?.process_id != own_pid;
+        }
+        if foreign && wake(weak).is_none() {
             return Ok(());
         }
         if weak.strong_count() == 0 {
             return Ok(());
         }
-        std::thread::sleep(LISTEN_POLL);
     }
 }

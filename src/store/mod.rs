@@ -5,12 +5,13 @@ mod checkpoint;
 mod connection;
 mod feed;
 mod schema;
+mod tail;
 mod users;
 mod verification;
 mod writer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +22,7 @@ use uuid::Uuid;
 use connection::{ConnectionManager, DbConnection};
 pub use connection::{DatabaseTarget, SqliteSync};
 pub use feed::Page;
+pub use tail::Batch;
 pub use users::{Cursor, ListQuery};
 pub use verification::{MailJob, OutboxStats};
 use writer::GroupWriter;
@@ -73,6 +75,17 @@ pub struct Store {
     mail_queued: Arc<tokio::sync::Notify>,
     /// Bumped after every commit that wrote feed events, so watchers wake (see [`Store::feed_signal`]).
     feed: feed::Signal,
+    /// The process's one reader of the newest events, shared by every caught-up watcher.
+    tail: tail::Tail,
+    /// Reads of the feed by the shared reader, and by watchers catching up on their own.
+    feed_reads: Arc<[AtomicU64; 2]>,
+}
+
+/// Who reads the feed: counted apart, so `/metrics` shows whether watchers keep up with the shared reader.
+#[derive(Debug, Clone, Copy)]
+pub enum FeedReader {
+    Shared = 0,
+    CatchingUp = 1,
 }
 
 /// Where a sign-in attempt stands once it is taken.
@@ -208,6 +221,8 @@ impl Store {
             inline_readers,
             mail_queued: Arc::new(tokio::sync::Notify::new()),
             feed,
+            tail: tail::Tail::default(),
+            feed_reads: Arc::default(),
         })
     }
 
@@ -433,14 +448,27 @@ impl Store {
 
     /// Up to `limit` events after `after`, in feed order, the position the read covered, and whether committed
     /// events wait above the visibility horizon (see `feed`).
-    pub async fn feed_after(&self, after: Position, limit: i64) -> Result<feed::Page, Error> {
+    pub async fn feed_after(&self, reader: FeedReader, after: Position, limit: i64) -> Result<feed::Page, Error> {
+        self.feed_reads[reader as usize].fetch_add(1, Ordering::Relaxed);
         self.run(move |conn| feed::read_after(conn, after, limit).map_err(read_error))
             .await
+    }
+
+    /// How many reads of the feed the shared reader and catching-up watchers made so far.
+    pub fn feed_reads(&self) -> (u64, u64) {
+        let [shared, catching_up] = &*self.feed_reads;
+        (shared.load(Ordering::Relaxed), catching_up.load(Ordering::Relaxed))
     }
 
     /// What watchers wait on: it changes after commits that wrote events.
     pub fn feed_signal(&self) -> tokio::sync::watch::Receiver<u64> {
         self.feed.subscribe()
+    }
+
+    /// The batches of newest events this process's shared reader publishes from now on (see `tail`). Must
+    /// be called within the runtime: the first subscriber starts the reader's task.
+    pub fn feed_tail(&self) -> tokio::sync::broadcast::Receiver<Arc<Batch>> {
+        self.tail.subscribe(self)
     }
 
     /// Applies `commands` in one transaction: all or nothing (on SQLite a savepoint of the writer's batch,

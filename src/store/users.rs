@@ -481,8 +481,8 @@ fn write_roles(conn: &mut DbConnection, id: Uuid, old: &[String], new: &[String]
 }
 
 /// Writes the revision record of a change and its feed event (the user as the change left it), and for an update
-/// the user's row, in the same transaction. On PostgreSQL that is one statement, with the `NOTIFY` that wakes the
-/// watchers of every process (delivered only if the transaction commits), so the feed costs no round trip.
+/// the user's row, in the same transaction. On PostgreSQL that is one statement, so the feed costs no round trip;
+/// watchers are woken after the commit (`feed::Signal`).
 fn write_change(
     conn: &mut DbConnection,
     updated: Option<&UserRow>,

@@ -20,6 +20,7 @@ use user_service::pb;
 use user_service::pb::user_event::Type;
 
 use crate::backend_tests;
+use crate::http::HttpClient;
 use crate::support::{Client, TestApp, admin_token, create, expect_code, reason, token, update, user};
 
 backend_tests!(
@@ -32,6 +33,8 @@ backend_tests!(
     grpc_web_streams_the_events,
     update_answers_carry_the_changed_paths,
     the_feed_filter_selects_what_list_users_does,
+    watchers_that_keep_up_share_one_read_per_commit,
+    a_watcher_that_stops_reading_catches_up_from_the_database,
 );
 
 backend_tests!(app = TestApp::builder().configure(|c| c.max_watchers = 2); watchers_past_the_limit_are_refused);
@@ -109,6 +112,54 @@ async fn expect_silence(stream: &mut Streaming<pb::UserEvent>, quiet: Duration) 
         let event = message.expect("stream ok").expect("stream open");
         assert_eq!(event.r#type, Type::Bookmark as i32, "unexpected event {event:?}");
     }
+}
+
+/// Runs `writers` concurrent writers, each on a connection of its own making `each` renames over `ids` in turn
+/// (the name from `name(writer, n)`); returns every acknowledged revision by user, in revision order.
+async fn concurrent_renames(
+    app: &TestApp,
+    ids: &[String],
+    writers: usize,
+    each: usize,
+    name: fn(usize, usize) -> String,
+) -> BTreeMap<String, Vec<i64>> {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut client = app.new_client().await;
+        let ids = ids.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for n in 0..each {
+                let id = ids[(w + n) % ids.len()].clone();
+                let revision = rename(&mut client, &id, name(w, n)).await;
+                acknowledged.push((id, revision));
+            }
+            acknowledged
+        }));
+    }
+    let mut expected: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for task in tasks {
+        for (id, revision) in task.await.expect("writer") {
+            expected.entry(id).or_default().push(revision);
+        }
+    }
+    for revisions in expected.values_mut() {
+        revisions.sort_unstable();
+    }
+    expected
+}
+
+/// The next `total` updates of a stream, their revisions by user in the order they came.
+async fn read_updates(stream: &mut Streaming<pb::UserEvent>, total: usize) -> BTreeMap<String, Vec<i64>> {
+    let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for _ in 0..total {
+        let event = next_update(stream).await;
+        assert_eq!(event.r#type, Type::Updated as i32);
+        seen.entry(event.user.map(|u| u.id).unwrap_or_default())
+            .or_default()
+            .push(event.revision);
+    }
+    seen
 }
 
 fn paths(event: &pb::UserEvent) -> Vec<String> {
@@ -248,39 +299,11 @@ async fn concurrent_writers_every_revision_once_in_order(app: TestApp) {
         assert_eq!(next(&mut stream).await.r#type, Type::Bookmark as i32);
         watchers.push(stream);
     }
-    let mut writers = Vec::new();
-    for w in 0..8usize {
-        let mut client = app.new_client().await;
-        let ids = ids.clone();
-        writers.push(tokio::spawn(async move {
-            let mut acknowledged = Vec::new();
-            for n in 0..50usize {
-                let id = ids[(w + n) % ids.len()].clone();
-                let revision = rename(&mut client, &id, format!("w{w}n{n}")).await;
-                acknowledged.push((id, revision));
-            }
-            acknowledged
-        }));
-    }
-    let mut expected: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for writer in writers {
-        for (id, revision) in writer.await.expect("writer") {
-            expected.entry(id).or_default().push(revision);
-        }
-    }
-    for revisions in expected.values_mut() {
-        revisions.sort_unstable();
-    }
+    let expected = concurrent_renames(&app, &ids, 8, 50, |w, n| format!("w{w}n{n}")).await;
     let total: usize = expected.values().map(Vec::len).sum();
     assert_eq!(total, 400);
     for mut stream in watchers {
-        let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for _ in 0..total {
-            let event = next_update(&mut stream).await;
-            assert_eq!(event.r#type, Type::Updated as i32);
-            let id = event.user.map(|u| u.id).unwrap_or_default();
-            seen.entry(id).or_default().push(event.revision);
-        }
+        let seen = read_updates(&mut stream, total).await;
         assert_eq!(seen, expected, "each revision once, in revision order per user");
         expect_silence(&mut stream, Duration::from_millis(500)).await;
     }
@@ -886,4 +909,108 @@ async fn the_feed_filter_selects_what_list_users_does(app: TestApp) {
         seen.sort();
         assert_eq!(seen, expected, "filter {filter}");
     }
+}
+
+/// Reads of the feed so far, by the shared reader and by watchers catching up on their own.
+async fn feed_reads(http: &HttpClient) -> (f64, f64) {
+    (
+        http.metric("user_service_feed_reads_total{reader=\"shared\"}").await,
+        http.metric("user_service_feed_reads_total{reader=\"catching_up\"}")
+            .await,
+    )
+}
+
+/// Twenty watchers that keep up cost one read per commit between them, not one each: every commit's events
+/// reach all of them from the process's shared reader, and none reads the database on its own.
+async fn watchers_that_keep_up_share_one_read_per_commit(app: TestApp) {
+    const WATCHERS: usize = 20;
+    const UPDATES: usize = 50;
+    let mut c = app.client.clone();
+    let id = create(&mut c, user("shared@example.com")).await.id;
+    let mut watchers = Vec::new();
+    for _ in 0..WATCHERS {
+        watchers.push(watch(&mut c, "", "", false).await);
+    }
+    // Every watcher has met the shared reader once it delivers a change made after all of them started.
+    let first = rename(&mut c, &id, "first".into()).await;
+    for stream in &mut watchers {
+        assert_eq!(next_update(stream).await.revision, first);
+    }
+    let http = HttpClient::new(app.addr);
+    let (shared_before, catching_up_before) = feed_reads(&http).await;
+    let mut revisions = Vec::new();
+    for n in 0..UPDATES {
+        revisions.push(rename(&mut c, &id, format!("n{n}")).await);
+    }
+    for stream in &mut watchers {
+        let mut seen = Vec::new();
+        for _ in 0..UPDATES {
+            seen.push(next_update(stream).await.revision);
+        }
+        assert_eq!(seen, revisions);
+    }
+    let (shared_after, catching_up_after) = feed_reads(&http).await;
+    assert_eq!(catching_up_after, catching_up_before, "no watcher read on its own");
+    // One read per wake-up, a few more while a commit elsewhere in the cluster holds the horizon back
+    // (PostgreSQL); a read per watcher per commit would be 1,000.
+    let shared = shared_after - shared_before;
+    assert!(
+        shared >= 1.0 && shared <= (WATCHERS * UPDATES / 4) as f64,
+        "{shared} shared reads for {UPDATES} commits"
+    );
+}
+
+/// A watcher that stops reading falls behind the shared reader's ring while another keeps up; when it reads
+/// again it gets every change from the database, exactly once and in order, and the one that kept up never
+/// waited for it.
+async fn a_watcher_that_stops_reading_catches_up_from_the_database(app: TestApp) {
+    const WRITERS: usize = 8;
+    const UPDATES_EACH: usize = 150;
+    let mut c = app.client.clone();
+    let mut ids = Vec::new();
+    // Each user carries nearly the most attributes it may (16 KiB), so every event is large and the stalled
+    // stream's transport buffers and per-connection response budget fill after a few hundred changes.
+    let bulky = prost_types::Struct {
+        fields: [(
+            "notes".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("x".repeat(15_000))),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    for i in 0..4 {
+        let stalled_user = pb::User {
+            attributes: Some(bulky.clone()),
+            ..user(&format!("stall{i}@example.com"))
+        };
+        ids.push(create(&mut c, stalled_user).await.id);
+    }
+    // Apart on connections of their own: HTTP/2 flow control is also per connection, and the stalled stream
+    // must not hold back the other one's.
+    let mut stalled = watch(&mut app.new_client().await, "", "", false).await;
+    let mut live = watch(&mut app.new_client().await, "", "", false).await;
+    assert_eq!(next(&mut stalled).await.r#type, Type::Bookmark as i32);
+    assert_eq!(next(&mut live).await.r#type, Type::Bookmark as i32);
+    let http = HttpClient::new(app.addr);
+    let (_, catching_up_before) = feed_reads(&http).await;
+    let expected = concurrent_renames(&app, &ids, WRITERS, UPDATES_EACH, |w, n| format!("w{w}n{n}")).await;
+    let total = WRITERS * UPDATES_EACH;
+    assert_eq!(
+        read_updates(&mut live, total).await,
+        expected,
+        "the live watcher saw each revision once, in order"
+    );
+    assert_eq!(
+        read_updates(&mut stalled, total).await,
+        expected,
+        "the stalled watcher caught up on each revision once, in order"
+    );
+    let (_, catching_up_after) = feed_reads(&http).await;
+    assert!(
+        catching_up_after > catching_up_before,
+        "the stalled watcher fell out of the ring and read the database"
+    );
+    expect_silence(&mut stalled, Duration::from_millis(300)).await;
 }

@@ -84,6 +84,16 @@ impl HttpClient {
     }
 
     /// A REST call with an optional JSON body.
+    /// The value of one metric line of `/metrics`, its name with any labels as written there.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let response = self.rest(Method::GET, "/metrics", None, &[]).await;
+        let text = String::from_utf8_lossy(&response.body).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
     pub async fn rest(
         &self,
         method: Method,

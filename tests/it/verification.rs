@@ -607,8 +607,10 @@ async fn two_processes_send_each_queued_mail_once_postgres() {
     recipients.dedup();
     assert_eq!(recipients.len(), 200);
     // Both processes took part, and between them sent each mail once.
-    let first = metric(&HttpClient::new(app.addr), "user_service_mail_sent_total").await;
-    let second = metric(&HttpClient::new(beside.addr), "user_service_mail_sent_total").await;
+    let first = HttpClient::new(app.addr).metric("user_service_mail_sent_total").await;
+    let second = HttpClient::new(beside.addr)
+        .metric("user_service_mail_sent_total")
+        .await;
     assert_eq!(
         first + second,
         200.0,
@@ -618,16 +620,6 @@ async fn two_processes_send_each_queued_mail_once_postgres() {
         first > 0.0 && second > 0.0,
         "sent by the first {first}, by the second {second}"
     );
-}
-
-/// The value of one metric line of `/metrics`.
-async fn metric(http: &HttpClient, name: &str) -> f64 {
-    let response = http.rest(Method::GET, "/metrics", None, &[]).await;
-    let text = String::from_utf8_lossy(&response.body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// The outbox under faults, with the real binary: the SMTP server is down when the user is created, the
@@ -657,14 +649,14 @@ async fn a_queued_mail_survives_smtp_down_and_kill_9() {
         .expect("created");
     let http = HttpClient::new(format!("127.0.0.1:{port}").parse().expect("addr"));
     let deadline = tokio::time::Instant::now() + WAIT;
-    while metric(&http, "user_service_mail_failed_attempts_total").await < 1.0 {
+    while http.metric("user_service_mail_failed_attempts_total").await < 1.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no failed attempt while SMTP is down"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(metric(&http, "user_service_mail_queued").await >= 1.0);
+    assert!(http.metric("user_service_mail_queued").await >= 1.0);
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 
@@ -679,7 +671,7 @@ async fn a_queued_mail_survives_smtp_down_and_kill_9() {
     let code = mails[0].code().expect("code");
     assert!(verify(&mut c, &ann.id, &code).await.expect("verifies").email_verified);
     let http = HttpClient::new(format!("127.0.0.1:{port}").parse().expect("addr"));
-    assert_eq!(metric(&http, "user_service_mail_sent_total").await, 1.0);
+    assert_eq!(http.metric("user_service_mail_sent_total").await, 1.0);
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 }

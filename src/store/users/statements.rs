@@ -181,9 +181,6 @@ macro_rules! push_insert_event {
     };
 }
 
-/// The wake-up of every process's watchers, queued by the writing transaction and delivered only if it commits.
-const NOTIFY_WATCHERS: &str = " SELECT pg_notify('user_events', '')";
-
 fixed_statement! {
     /// `INSERT` of a whole new user row.
     InsertUser<'a>(&'a UserRow) for [Pg, Sqlite], |this, out| {
@@ -223,31 +220,28 @@ fixed_statement! {
 }
 
 fixed_statement! {
-    /// PostgreSQL: [`InsertRevision`], the change's feed event and the watchers' wake-up in one statement, so one
-    /// round trip: data-modifying `WITH`s run to completion whether or not anything reads them.
+    /// PostgreSQL: [`InsertRevision`] and the change's feed event in one statement, so one round trip:
+    /// data-modifying `WITH`s run to completion whether or not anything reads them. Other processes' watchers
+    /// are woken after the commit (`feed::Signal`), not by a `NOTIFY` here, which would serialize the commits.
     InsertRevisionWithEvent<'a>((&'a RevisionRow, &'a NewEvent)) for [Pg], |this, out| {
         let (revision, event) = this.0;
         out.push_sql("WITH revision AS (");
         push_insert_revision!(out, revision);
-        out.push_sql("), event AS (");
+        out.push_sql(") ");
         push_insert_event!(out, event);
-        out.push_sql(")");
-        out.push_sql(NOTIFY_WATCHERS);
     }
 }
 
 fixed_statement! {
-    /// PostgreSQL: [`UpdateUser`], [`InsertRevision`], the change's feed event and the watchers' wake-up in one
-    /// statement, so one round trip. The row is locked (`lock_all`), so the UPDATE finds it.
+    /// PostgreSQL: [`UpdateUser`], [`InsertRevision`] and the change's feed event in one statement, so one round
+    /// trip (see [`InsertRevisionWithEvent`]). The row is locked (`lock_all`), so the UPDATE finds it.
     UpdateUserWithRevision<'a>((&'a UserRow, &'a RevisionRow, &'a NewEvent)) for [Pg], |this, out| {
         let (row, revision, event) = this.0;
         out.push_sql("WITH updated_user AS (");
         push_update_user!(out, row);
         out.push_sql("), revision AS (");
         push_insert_revision!(out, revision);
-        out.push_sql("), event AS (");
+        out.push_sql(") ");
         push_insert_event!(out, event);
-        out.push_sql(")");
-        out.push_sql(NOTIFY_WATCHERS);
     }
 }
