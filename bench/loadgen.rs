@@ -114,6 +114,10 @@ struct RunArgs {
     /// Worker threads of the client's runtime; 1 runs a current-thread runtime (the client has one core).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// WatchUsers streams (gRPC, a connection each) opened after the warm-up: each must receive every update of
+    /// the measured run, and the time from the change's `update_time` to its arrival is reported (update runs).
+    #[arg(long, default_value_t = 0)]
+    watchers: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -858,6 +862,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         closed_loop(&caller, &calls, args.concurrency, Some(args.warmup_requests), None).await;
     }
 
+    let watch = if args.watchers > 0 {
+        anyhow::ensure!(args.op == Op::Update, "--watchers needs --op update");
+        let (tag, warmed_up) = {
+            let calls = calls.lock().unwrap_or_else(|p| p.into_inner());
+            (calls.run_tag.clone(), calls.counter)
+        };
+        Some(Watchers::start(&args, &tag, warmed_up).await?)
+    } else {
+        None
+    };
     let cpu_before = args.server_pid.map(cpu_ticks).transpose()?;
     let started = Instant::now();
     let tally = match args.rate {
@@ -871,6 +885,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(rate) => open_loop(&caller, &calls, args.concurrency, rate, args.requests, args.duration).await,
     };
     let seconds = started.elapsed().as_secs_f64();
+    // The watchers' last events may still be on the way: their CPU is the server's too, so it is read after
+    // they have all arrived (or the wait gave up).
+    let acknowledged = tally.latencies_us.len() as u64 - tally.errors;
+    let watched = match watch {
+        Some(watch) => Some(watch.finish(acknowledged).await),
+        None => None,
+    };
     let cpu_after = args.server_pid.map(cpu_ticks).transpose()?;
 
     let mut latencies = tally.latencies_us;
@@ -910,7 +931,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "server_cpu_seconds": server_cpu_seconds,
         "server_cpu_us_per_req": server_cpu_seconds.filter(|_| requests > 0).map(|s| s * 1e6 / requests as f64),
     });
+    let mut report = report;
+    let mut missing = 0;
+    if let Some(watched) = &watched {
+        missing = watched.missing;
+        report["watchers"] = args.watchers.into();
+        report["watch_events"] = watched.latencies_us.len().into();
+        report["watch_missing"] = watched.missing.into();
+        report["watch_p50_us"] = percentile_of(&watched.latencies_us, 50.0).into();
+        report["watch_p99_us"] = percentile_of(&watched.latencies_us, 99.0).into();
+        report["watch_max_us"] = watched.latencies_us.last().copied().unwrap_or(0).into();
+    }
     println!("{report}");
+    if missing > 0 {
+        anyhow::bail!("watchers missed {missing} of the run's updates");
+    }
     if tally.errors > 0 {
         for e in &tally.first_errors {
             eprintln!("error: {e}");
@@ -918,6 +953,125 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} of {requests} calls failed", tally.errors);
     }
     Ok(())
+}
+
+/// The `p`th percentile of sorted values (nearest rank).
+fn percentile_of(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The WatchUsers streams of a run with `--watchers`.
+struct Watchers {
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<i64>, String>>>,
+    /// How many updates each stream must receive before it ends: set when the run is over.
+    expected: tokio::sync::watch::Sender<Option<u64>>,
+}
+
+/// What the watchers received: every arrival's delay after its change's `update_time`, sorted, and how many
+/// acknowledged updates some stream never received.
+struct Watched {
+    latencies_us: Vec<i64>,
+    missing: u64,
+}
+
+/// How long the watchers may take to receive the run's last updates once the writes are done.
+const WATCH_DRAIN: Duration = Duration::from_secs(30);
+
+impl Watchers {
+    /// Opens the streams and waits for each one's first bookmark. Only updates of this run's calls (`tag`) after
+    /// the warm-up (`Calls::counter` above `warmed_up`) are counted.
+    async fn start(args: &RunArgs, tag: &str, warmed_up: u64) -> anyhow::Result<Watchers> {
+        let prefix = format!("Given {tag} ");
+        let (expected, _) = tokio::sync::watch::channel(None);
+        let mut tasks = Vec::with_capacity(args.watchers);
+        let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {}", args.token).parse()?;
+        for _ in 0..args.watchers {
+            let channel = Channel::from_shared(args.target.clone())?.connect().await?;
+            let mut request = tonic::Request::new(pb::WatchUsersRequest::default());
+            request.metadata_mut().insert("authorization", auth.clone());
+            let mut stream = UserServiceClient::new(channel).watch_users(request).await?.into_inner();
+            let first = stream.message().await?;
+            anyhow::ensure!(
+                first.is_some_and(|e| e.r#type == pb::user_event::Type::Bookmark as i32),
+                "a stream that does not begin with a bookmark"
+            );
+            let mut expected = expected.subscribe();
+            let prefix = prefix.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut drain_until = None;
+                loop {
+                    if let Some(want) = *expected.borrow_and_update() {
+                        if latencies.len() as u64 >= want {
+                            return Ok(latencies);
+                        }
+                        drain_until.get_or_insert_with(|| tokio::time::Instant::now() + WATCH_DRAIN);
+                    }
+                    let deadline = drain_until.unwrap_or_else(|| tokio::time::Instant::now() + WATCH_DRAIN);
+                    let message = tokio::select! {
+                        message = stream.message() => message.map_err(|e| format!("watch: {e}"))?,
+                        _ = expected.changed() => continue,
+                        () = tokio::time::sleep_until(deadline) => return Ok(latencies),
+                    };
+                    let Some(event) = message else {
+                        return Err("the watch stream ended".into());
+                    };
+                    let arrived = unix_micros(std::time::SystemTime::now());
+                    let Some(user) = event
+                        .user
+                        .filter(|_| event.r#type == pb::user_event::Type::Updated as i32)
+                    else {
+                        continue;
+                    };
+                    let counter = user
+                        .given_name
+                        .strip_prefix(&prefix)
+                        .and_then(|n| n.parse::<u64>().ok());
+                    if counter.is_some_and(|n| n > warmed_up)
+                        && let Some(changed) = user.update_time
+                    {
+                        let changed = changed.seconds * 1_000_000 + i64::from(changed.nanos / 1000);
+                        latencies.push(arrived - changed);
+                    }
+                }
+            }));
+        }
+        Ok(Watchers { tasks, expected })
+    }
+
+    /// Tells the streams how many updates the run acknowledged and collects what they received.
+    async fn finish(self, acknowledged: u64) -> Watched {
+        let _ = self.expected.send(Some(acknowledged));
+        let mut latencies_us = Vec::new();
+        let mut missing = 0;
+        for task in self.tasks {
+            match task.await {
+                Ok(Ok(received)) => {
+                    missing += acknowledged.saturating_sub(received.len() as u64);
+                    latencies_us.extend(received);
+                }
+                Ok(Err(e)) => {
+                    eprintln!("error: {e}");
+                    missing += acknowledged;
+                }
+                Err(e) => {
+                    eprintln!("error: watcher: {e}");
+                    missing += acknowledged;
+                }
+            }
+        }
+        latencies_us.sort_unstable();
+        Watched { latencies_us, missing }
+    }
+}
+
+fn unix_micros(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// `concurrency` workers call back to back until `budget` calls are made or `deadline` passes.
