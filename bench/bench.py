@@ -16,6 +16,9 @@ Parts:
   signin    VerifyPassword: throughput and CPU per call (right, wrong, unknown user), the time of a wrong-password
             answer against an unknown-user answer at one caller, and GetUser's latency at a fixed rate alone
             against the same while a flood of wrong guesses keeps the hash pool full
+  feed      UpdateUser at 500 and 2,000 writes/s with 0, 1 and 100 WatchUsers streams: the delay from each change's
+            update_time to its arrival at every watcher (p50/p99), and the server's CPU per event per watcher
+            (the CPU per update beyond the run without watchers, divided by the watchers)
 """
 
 import argparse
@@ -35,6 +38,10 @@ NOOPS = [("noop-grpc", "grpc"), ("noop-http", "rest")]
 SECRET = "bench-secret-of-at-least-32-bytes-long"
 # The gate's per-caller rate limit is lifted: the benchmark measures the cost of a call, not refusals.
 UNLIMITED = ["--rate-limit", "1000000000", "--rate-burst", "1000000000"]
+FEED_RATES = [500, 2000]
+FEED_WATCHERS = [0, 1, 100]
+# Writes in flight at most in the feed part's open loop: enough that a commit's fsync does not hold the rate back.
+FEED_CONCURRENCY = 64
 
 
 def log(message):
@@ -270,6 +277,16 @@ class Bench:
                     raise SystemExit(f"the sign-in flood failed:\n{err[-3000:]}")
         self.stop_server(process)
 
+    def feed(self, backend, url):
+        process, target = self.start_server(url, "--max-watchers", str(max(FEED_WATCHERS) + 16))
+        rates = [r // 10 for r in FEED_RATES] if self.args.smoke else FEED_RATES
+        watchers = [min(w, 3) for w in FEED_WATCHERS] if self.args.smoke else FEED_WATCHERS
+        for r, (rate, count) in self.rounds([(rate, count) for rate in rates for count in watchers]):
+            result = self.loadgen(target, process.pid, "update", "grpc", self.args.users, FEED_CONCURRENCY,
+                                  "--rate", str(rate), "--watchers", str(count))
+            self.record("feed", backend, f"{rate}/s {count} watchers", result, round=r, rate=rate, watchers=count)
+        self.stop_server(process)
+
     def scale(self, backend, small_url, big_users):
         name = f"{self.args.pg_database}_big" if backend == "postgres" else "big"
         big_url = self.database(backend, name, big_users)
@@ -304,6 +321,8 @@ class Bench:
                 self.store(url)
             if "signin" in parts:
                 self.sign_in(backend, url)
+            if "feed" in parts:
+                self.feed(backend, url)
             if self.args.scale_users and "scale" in parts:
                 self.scale(backend, url, self.args.scale_users)
         with open(os.path.join(self.work, "results.json"), "w") as f:
@@ -400,7 +419,9 @@ class Bench:
                 out += ["", "| ratio (medians) | value | target |", "|---|---|---|",
                         f"| unknown-user p50 / wrong-password p50, one caller | {fmt_ratio(same)} | 0.90–1.10 |",
                         f"| GetUser p99 beside a flood / alone | {fmt_ratio(flood)} | ≤ 2 |", ""]
-        if a.scale_users:
+        if "feed" in a.parts.split(","):
+            out += self.feed_report(backends)
+        if a.scale_users and "scale" in a.parts.split(","):
             out += [f"### Scale: {a.scale_users} users against {a.users}, gRPC, interleaved", "",
                     "| backend | op | server CPU µs/req (small) | (large) | ratio | throughput ratio | target |",
                     "|---|---|---|---|---|---|---|"]
@@ -414,6 +435,29 @@ class Bench:
                                f"| {fmt_ratio(cpu)} | {fmt_ratio(tput)} | ≤ 1.3 |")
             out.append("")
         return "\n".join(out)
+
+    def feed_report(self, backends):
+        out = []
+        for backend in backends:
+            out += [f"### {backend}: the change feed, UpdateUser at a fixed rate with WatchUsers streams", "",
+                    "| writes/s asked | watchers | writes/s done | write p99 µs | change-to-watcher p50 µs | p99 µs "
+                    "| server CPU µs/update | µs per event per watcher |", "|---|---|---|---|---|---|---|---|"]
+            variants = sorted({(r["rate"], r["watchers"]) for r in self.results
+                               if r["part"] == "feed" and r["backend"] == backend})
+            for rate, count in variants:
+                v = f"{rate}/s {count} watchers"
+                alone = self.pick("feed", backend, f"{rate}/s 0 watchers", "server_cpu_us_per_req")
+                with_watchers = self.pick("feed", backend, v, "server_cpu_us_per_req")
+                per_event = "-"
+                if count and alone and with_watchers:
+                    per_event = fmt((median(with_watchers) - median(alone)) / count)
+                out.append(f"| {rate} | {count} | {self.summary('feed', backend, v, 'throughput')} "
+                           f"| {self.summary('feed', backend, v, 'p99_us')} "
+                           f"| {self.summary('feed', backend, v, 'watch_p50_us') if count else '-'} "
+                           f"| {self.summary('feed', backend, v, 'watch_p99_us') if count else '-'} "
+                           f"| {self.summary('feed', backend, v, 'server_cpu_us_per_req')} | {per_event} |")
+            out.append("")
+        return out
 
 
 def median(values):
@@ -441,7 +485,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--backends", default="sqlite,postgres")
-    parser.add_argument("--parts", default="suite,pgbench,group,store,signin,scale",
+    parser.add_argument("--parts", default="suite,pgbench,group,store,signin,feed,scale",
                         help="which parts to run (a rerun of one part: --parts pgbench)")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432"))
     parser.add_argument("--pg-database", default="user_service_bench",
