@@ -349,7 +349,8 @@ class Bench:
         a = self.args
         out = [f"Users: {a.users}; rounds: {a.rounds}; {'smoke' if a.smoke else f'{a.seconds} s'} per run; "
                f"suite concurrency {a.concurrency}; server on CPU 0, clients on CPU 1.", ""]
-        for backend in backends:
+        parts = a.parts.split(",")
+        for backend in backends if "suite" in parts else []:
             out += [f"### {backend}: server CPU per request and throughput (closed loop), latency at half that rate",
                     "",
                     "| variant | server CPU µs/req | throughput/s | p50 µs | p99 µs | (at rate/s) |",
@@ -371,7 +372,7 @@ class Bench:
             r = self.ratio("suite", backend, "noop-http rest", "noop-grpc grpc", "server_cpu_us_per_req")
             out.append(f"| no-op HTTP handler / no-op gRPC method | {fmt_ratio(r)} | |")
             out.append("")
-        if "postgres" in backends:
+        if "postgres" in backends and "pgbench" in parts:
             out += ["### PostgreSQL: the service against pgbench running the same SQL, 32 connections", "",
                     "| variant | throughput/s | server CPU µs/req |", "|---|---|---|"]
             for v in ["service update", "pgbench update prepared", "pgbench update extended",
@@ -386,7 +387,7 @@ class Bench:
                 out.append(f"| {a_} / {b_} | {fmt_ratio(self.ratio('pgbench', 'postgres', a_, b_, 'throughput'))} "
                            f"| {target} |")
             out.append("")
-        if "sqlite" in backends:
+        if "sqlite" in backends and "group" in parts:
             out += ["### SQLite, synchronous=FULL: UpdateUser over gRPC at 64 concurrent callers", "",
                     "| variant | throughput/s | server CPU µs/req | p50 µs | p99 µs |", "|---|---|---|---|---|"]
             for v in ["group commit on", "group commit off", "group commit on, no fsync"]:
@@ -397,14 +398,15 @@ class Bench:
             r = self.ratio("group", "sqlite", "group commit on", "group commit off", "throughput")
             nosync = self.ratio("group", "sqlite", "group commit on", "group commit on, no fsync", "throughput")
             out += ["", f"Group commit on / off (throughput): **{fmt_ratio(r)}** (target ≥ 20). "
-                    f"synchronous=FULL / no fsync per commit, both grouped: **{fmt_ratio(nosync)}** (target ≥ 0.9).", "",
-                    "### SQLite: the same store calls in-process (no transport, no server)", "",
+                    f"synchronous=FULL / no fsync per commit, both grouped: **{fmt_ratio(nosync)}** (target ≥ 0.9).", ""]
+        if "sqlite" in backends and "store" in parts:
+            out += ["### SQLite: the same store calls in-process (no transport, no server)", "",
                     "| variant | CPU µs/op | ops/s |", "|---|---|---|"]
             for v in ["get in-process", "update in-process"]:
                 out.append(f"| {v} | {self.summary('store', 'sqlite', v, 'cpu_us_per_op')} "
                            f"| {self.summary('store', 'sqlite', v, 'throughput')} |")
             out.append("")
-        if "signin" in a.parts.split(","):
+        if "signin" in parts:
             for backend in backends:
                 out += [f"### {backend}: VerifyPassword, and GetUser beside a sign-in flood", "",
                         "| variant | throughput/s | server CPU µs/call | p50 µs | p99 µs |", "|---|---|---|---|---|"]
@@ -419,9 +421,9 @@ class Bench:
                 out += ["", "| ratio (medians) | value | target |", "|---|---|---|",
                         f"| unknown-user p50 / wrong-password p50, one caller | {fmt_ratio(same)} | 0.90–1.10 |",
                         f"| GetUser p99 beside a flood / alone | {fmt_ratio(flood)} | ≤ 2 |", ""]
-        if "feed" in a.parts.split(","):
+        if "feed" in parts:
             out += self.feed_report(backends)
-        if a.scale_users and "scale" in a.parts.split(","):
+        if a.scale_users and "scale" in parts:
             out += [f"### Scale: {a.scale_users} users against {a.users}, gRPC, interleaved", "",
                     "| backend | op | server CPU µs/req (small) | (large) | ratio | throughput ratio | target |",
                     "|---|---|---|---|---|---|---|"]
@@ -441,7 +443,8 @@ class Bench:
         for backend in backends:
             out += [f"### {backend}: the change feed, UpdateUser at a fixed rate with WatchUsers streams", "",
                     "| writes/s asked | watchers | writes/s done | write p99 µs | change-to-watcher p50 µs | p99 µs "
-                    "| server CPU µs/update | µs per event per watcher |", "|---|---|---|---|---|---|---|---|"]
+                    "| server CPU µs/update | µs per event per watcher | client core busy |",
+                    "|---|---|---|---|---|---|---|---|---|"]
             variants = sorted({(r["rate"], r["watchers"]) for r in self.results
                                if r["part"] == "feed" and r["backend"] == backend})
             for rate, count in variants:
@@ -455,7 +458,8 @@ class Bench:
                            f"| {self.summary('feed', backend, v, 'p99_us')} "
                            f"| {self.summary('feed', backend, v, 'watch_p50_us') if count else '-'} "
                            f"| {self.summary('feed', backend, v, 'watch_p99_us') if count else '-'} "
-                           f"| {self.summary('feed', backend, v, 'server_cpu_us_per_req')} | {per_event} |")
+                           f"| {self.summary('feed', backend, v, 'server_cpu_us_per_req')} | {per_event} "
+                           f"| {fmt(median(self.pick('feed', backend, v, 'client_cpu_share')) * 100)}% |")
             out.append("")
         return out
 

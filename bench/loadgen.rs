@@ -873,6 +873,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
     let cpu_before = args.server_pid.map(cpu_ticks).transpose()?;
+    let client_cpu_before = cpu_ticks(std::process::id())?;
     let started = Instant::now();
     let tally = match args.rate {
         None => {
@@ -893,6 +894,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let cpu_after = args.server_pid.map(cpu_ticks).transpose()?;
+    let client_cpu_seconds = (cpu_ticks(std::process::id())? - client_cpu_before) as f64 / TICKS_PER_SECOND;
 
     let mut latencies = tally.latencies_us;
     latencies.sort_unstable();
@@ -930,6 +932,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "max_us": latencies.last().copied().unwrap_or(0),
         "server_cpu_seconds": server_cpu_seconds,
         "server_cpu_us_per_req": server_cpu_seconds.filter(|_| requests > 0).map(|s| s * 1e6 / requests as f64),
+        // Over the measured run's wall time: near 1 per client thread, the client is what bounds the run.
+        "client_cpu_share": client_cpu_seconds / seconds,
     });
     let mut report = report;
     let mut missing = 0;

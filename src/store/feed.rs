@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
 use uuid::Uuid;
 
-use super::connection::{DbConnection, MultiBackend};
+use super::connection::DbConnection;
 use super::schema::user_events;
 use crate::domain::event::{Event, EventKind, Position};
 use crate::domain::user::User;
@@ -114,45 +114,135 @@ pub struct Page {
 
 /// One page of events after `after` (see [`Page`]).
 pub fn read_after(conn: &mut DbConnection, after: Position, limit: i64) -> QueryResult<Page> {
-    // The horizon is read before the events: every transaction below it had ended before the events' snapshot.
-    let horizon = horizon(conn)?;
-    let rows: Vec<EventRow> = user_events::table
-        .select(EventRow::as_select())
-        .filter(user_events::txid.lt(horizon))
-        // A row-value comparison, so both planners scan the (txid, seq) key from the cursor on.
-        .filter(
-            diesel::dsl::sql::<Bool>("(user_events.txid, user_events.seq) > (")
-                .bind::<BigInt, _>(after.txid)
-                .sql(", ")
-                .bind::<BigInt, _>(after.seq)
-                .sql(")"),
-        )
-        .order((user_events::txid.asc(), user_events::seq.asc()))
-        .limit(limit)
-        .into_boxed::<MultiBackend>()
-        .load(conn)?;
+    let (rows, horizon, held_back) = match conn {
+        DbConnection::Postgres(pg) => {
+            let rows: Vec<PgPageRow> = PgPageAfter { after, limit }.load(pg)?;
+            // Every answer has at least one row, which carries the horizon (and no event when none is due).
+            let (horizon, held_back) = rows.first().map_or((0, false), |r| (r.horizon, r.held_back));
+            let events = rows.into_iter().filter_map(PgPageRow::into_event_row).collect();
+            (events, horizon, held_back)
+        }
+        DbConnection::Sqlite(sqlite) => {
+            // `txid` is always 0 here: `seq` alone is the order, and the rowid, so this is a range scan from the
+            // cursor on (a row-value comparison would make SQLite's planner scan the whole table and sort). No
+            // row here is after a position with a larger `txid`, as the comparison would have it.
+            let rows = user_events::table
+                .select(EventRow::as_select())
+                .filter(user_events::seq.gt(if after.txid == 0 { after.seq } else { i64::MAX }))
+                .order(user_events::seq.asc())
+                .limit(limit)
+                .load(sqlite)?;
+            (rows, i64::MAX, false)
+        }
+    };
     let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
     let events = rows
         .into_iter()
         .map(EventRow::into_event)
         .collect::<QueryResult<Vec<_>>>()?;
     let mut covered = events.last().map_or(after, |e| e.position);
-    let mut held_back = false;
     if !full && horizon != i64::MAX {
         covered = covered.max(Position {
             txid: horizon - 1,
             seq: i64::MAX,
         });
-        held_back = diesel::select(diesel::dsl::exists(
-            user_events::table.filter(user_events::txid.ge(horizon.max(after.txid))),
-        ))
-        .get_result(conn)?;
     }
     Ok(Page {
         events,
         covered,
-        held_back,
+        held_back: !full && held_back,
     })
+}
+
+/// PostgreSQL: the page after a position, the visibility horizon and whether committed events wait above it,
+/// in one statement (one round trip, prepared once per connection). The horizon is the `xmin` of the
+/// statement's own snapshot (`pg_current_snapshot()` is the active one), so every transaction below it had
+/// ended before the rows were read, and each of its events is in the answer or after the page. Whether events
+/// wait above the horizon is asked as `max(txid)`, one step down the key, where an `EXISTS` on a bound the
+/// planner cannot see would scan the table.
+struct PgPageAfter {
+    after: Position,
+    limit: i64,
+}
+
+impl diesel::query_builder::QueryId for PgPageAfter {
+    type QueryId = PgPageAfter;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl diesel::query_builder::Query for PgPageAfter {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for PgPageAfter {
+    fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) \
+             SELECT horizon.xmin AS horizon, \
+                    COALESCE((SELECT max(txid) FROM user_events) >= GREATEST(horizon.xmin, ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.after.txid)?;
+        out.push_sql(
+            "), false) AS held_back, \
+                    page.seq, page.txid, page.user_id, page.revision, page.event_type, page.actor, \
+                    page.update_mask, page.create_time, page.snapshot \
+             FROM horizon LEFT JOIN LATERAL ( \
+                 SELECT * FROM user_events WHERE user_events.txid < horizon.xmin \
+                 AND (user_events.txid, user_events.seq) > (",
+        );
+        out.push_bind_param::<BigInt, _>(&self.after.txid)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.after.seq)?;
+        out.push_sql(") ORDER BY user_events.txid, user_events.seq LIMIT ");
+        out.push_bind_param::<BigInt, _>(&self.limit)?;
+        out.push_sql(") page ON true ORDER BY page.txid, page.seq");
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<diesel::PgConnection> for PgPageAfter {}
+
+#[derive(QueryableByName)]
+struct PgPageRow {
+    #[diesel(sql_type = BigInt)]
+    horizon: i64,
+    #[diesel(sql_type = Bool)]
+    held_back: bool,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    seq: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    txid: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    user_id: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    revision: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    event_type: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    actor: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    update_mask: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamp>)]
+    create_time: Option<NaiveDateTime>,
+    #[diesel(sql_type = Nullable<Text>)]
+    snapshot: Option<String>,
+}
+
+impl PgPageRow {
+    /// The event of the row, `None` for the row that only carries the horizon (no event was due).
+    fn into_event_row(self) -> Option<EventRow> {
+        Some(EventRow {
+            seq: self.seq?,
+            txid: self.txid?,
+            user_id: self.user_id?,
+            revision: self.revision?,
+            event_type: self.event_type?,
+            actor: self.actor?,
+            update_mask: self.update_mask?,
+            create_time: self.create_time?,
+            snapshot: self.snapshot,
+        })
+    }
 }
 
 /// Where a stream without a start cursor begins: after everything committed so far (PostgreSQL: everything
