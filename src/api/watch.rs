@@ -23,12 +23,13 @@ use crate::domain::permission::{self, Rpc};
 use crate::pb;
 use crate::store::{FeedReader, Store};
 
-/// Events a catching-up stream reads from the database at a time. Small, because a watcher that stops reading
-/// holds its page until it reads again: with 200 stalled watchers and pages of 64 events of 2 KiB users, the
-/// pages held were most of the server's 100 MB growth.
-const PAGE: i64 = 16;
-/// Messages a stream holds for a watcher that is not reading; past it the task waits (back-pressure).
-const BUFFER: usize = 4;
+/// Events a catching-up stream reads from the database at a time. Not large, because a watcher that stops
+/// reading holds its page until it reads again: with 200 stalled watchers and pages of 64 events of 2 KiB users,
+/// the pages held were a third of the server's 100 MB growth.
+const PAGE: i64 = 32;
+/// Messages a stream holds for a watcher that is not reading; past it the task waits (back-pressure). Room for a
+/// burst: a task that waits stops taking batches, and one that waits past the shared ring reads the database.
+const BUFFER: usize = 16;
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::UserEvent, Status>> + Send + 'static>>;
 
 /// The streams a process serves: how many may be open, and the feed's timing.

@@ -16,12 +16,14 @@ use tokio::sync::broadcast;
 use super::{FeedReader, Store};
 use crate::domain::event::{Event, Position};
 
-/// Events the tail reads at a time.
-const TAIL_PAGE: i64 = 256;
+/// Events the tail reads at a time: at most this many in one batch, so the ring's bound in events stays small
+/// however large the commits are (a burst is read as several batches, one after the other).
+const TAIL_PAGE: i64 = 32;
 /// Batches kept for watchers that are slower than the tail; one that falls further behind reads from the
-/// database. With [`TAIL_PAGE`] this bounds the ring at 8,192 events for the whole process, and under a steady
-/// load a batch holds the few events of one wake-up.
-const RING: usize = 32;
+/// database. With [`TAIL_PAGE`] this bounds the ring at 8,192 events for the whole process; under a steady load a
+/// batch holds the few events of one wake-up, so the ring covers the last 256 wake-ups (at 2,000 writes/s about
+/// a quarter of a second): a watcher whose client pauses for less than that keeps up without reading the database.
+const RING: usize = 256;
 /// A look at the database without a wake-up: the backstop for a lost notification, not the normal path.
 const BACKSTOP_POLL: Duration = Duration::from_secs(2);
 /// The first wait before looking again at events held back by an older transaction (PostgreSQL), doubling up

@@ -965,7 +965,7 @@ async fn watchers_that_keep_up_share_one_read_per_commit(app: TestApp) {
 /// waited for it.
 async fn a_watcher_that_stops_reading_catches_up_from_the_database(app: TestApp) {
     const WRITERS: usize = 8;
-    const UPDATES_EACH: usize = 150;
+    const UPDATES_EACH: usize = 300;
     let mut c = app.client.clone();
     let mut ids = Vec::new();
     // Each user carries nearly the most attributes it may (16 KiB), so every event is large and the stalled
