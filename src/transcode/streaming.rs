@@ -4,6 +4,12 @@
 //! `cursor` of the streamed message becomes each event's `id:`, and the request's `Last-Event-ID` header (what
 //! a browser's `EventSource` sends when it reconnects) sets the request's string field `start_cursor`. A failure
 //! after the stream has begun is its last line (NDJSON) or an `event: error` (SSE), with the REST error body.
+//! Streams that send the same message (a change-feed event goes to every watcher) share its frame: it is
+//! written as JSON once, not once per stream.
+
+use std::collections::VecDeque;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use axum::body::Body as AxumBody;
 use bytes::Bytes;
@@ -109,6 +115,94 @@ fn cursor_of(message: &DynamicMessage) -> Option<String> {
     }
 }
 
+/// Frames of the messages streamed last, shared by every stream: a change-feed event reaches each watcher as the
+/// same encoded message, and decoding it and writing its JSON was most of the server's work per event per
+/// watcher. Looked up by the message's bytes (and the method and media type), never by an identity that two
+/// different messages could share, so a hit is always the frame this stream would have written.
+struct RecentFrames {
+    entries: Mutex<VecDeque<RecentFrame>>,
+}
+
+struct RecentFrame {
+    hash: u64,
+    /// The method and the binding's `response_body`.
+    method: String,
+    sse: bool,
+    message: Bytes,
+    frame: Bytes,
+}
+
+/// Frames kept: more than the events of one commit batch of the feed's shared reader (32), so every watcher of
+/// a batch finds each of its frames.
+const RECENT_FRAMES: usize = 128;
+/// A message larger than this, or whose frame is more than twice this, is framed per stream: the kept
+/// messages and frames stay within 128 × 96 KiB (12 MiB) whatever is streamed; a change-feed event of a user
+/// with the largest attributes (16 KiB) is kept.
+const RECENT_FRAME_MAX: usize = 32 * 1024;
+
+impl RecentFrames {
+    fn new() -> RecentFrames {
+        RecentFrames {
+            entries: Mutex::new(VecDeque::with_capacity(RECENT_FRAMES)),
+        }
+    }
+
+    fn get() -> &'static RecentFrames {
+        static FRAMES: OnceLock<RecentFrames> = OnceLock::new();
+        FRAMES.get_or_init(RecentFrames::new)
+    }
+
+    fn key(method: &str, sse: bool, message: &[u8]) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        method.hash(&mut hasher);
+        sse.hash(&mut hasher);
+        message.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// The frame of `message`, written by `frame` unless a stream already did.
+    fn frame(
+        &self,
+        method: &str,
+        sse: bool,
+        message: Bytes,
+        frame: impl FnOnce(Bytes) -> Result<Bytes, tonic::Status>,
+    ) -> Result<Bytes, tonic::Status> {
+        if message.len() > RECENT_FRAME_MAX {
+            return frame(message);
+        }
+        let hash = Self::key(method, sse, &message);
+        {
+            let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(hit) = entries
+                .iter()
+                .rev()
+                .find(|e| e.hash == hash && e.sse == sse && e.method == method && e.message == message)
+            {
+                return Ok(hit.frame.clone());
+            }
+        }
+        // A copy for the key: the message may be a slice of a larger buffer that should not stay pinned.
+        let key = Bytes::copy_from_slice(&message);
+        let framed = frame(message)?;
+        if framed.len() > 2 * RECENT_FRAME_MAX {
+            return Ok(framed);
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= RECENT_FRAMES {
+            entries.pop_front();
+        }
+        entries.push_back(RecentFrame {
+            hash,
+            method: method.to_owned(),
+            sse,
+            message: key,
+            frame: framed.clone(),
+        });
+        Ok(framed)
+    }
+}
+
 /// The streaming REST answer: each message of `stream` written as it comes, in the media type the client
 /// asked for; a failure ends the stream with its error.
 pub fn response(
@@ -120,17 +214,28 @@ pub fn response(
     let sse = wants_event_stream(accept);
     let output = binding.rpc.output();
     let binding = binding.clone();
+    // The JSON depends on the method and on the binding's `response_body`, nothing of the request.
+    let method = format!(
+        "{} {}",
+        binding.rpc.full_name(),
+        binding.response_body.as_deref().unwrap_or("*")
+    );
     let framed = stream
         .map(move |item| {
-            let json = item.and_then(|bytes| {
-                let message = DynamicMessage::decode(output.clone(), bytes)
-                    .map_err(|e| tonic::Status::internal(format!("decoding a streamed message: {e}")))?;
-                let json = json::response_json(&binding, &message).map_err(tonic::Status::internal)?;
-                Ok((cursor_of(&message), json))
+            let framed = item.and_then(|bytes| {
+                RecentFrames::get().frame(&method, sse, bytes, |bytes| {
+                    let message = DynamicMessage::decode(output.clone(), bytes)
+                        .map_err(|e| tonic::Status::internal(format!("decoding a streamed message: {e}")))?;
+                    let json = json::response_json(&binding, &message).map_err(tonic::Status::internal)?;
+                    Ok(if sse {
+                        sse_event(cursor_of(&message).as_deref(), &json)
+                    } else {
+                        ndjson_line(&json)
+                    })
+                })
             });
-            match json {
-                Ok((cursor, json)) if sse => (sse_event(cursor.as_deref(), &json), false),
-                Ok((_, json)) => (ndjson_line(&json), false),
+            match framed {
+                Ok(frame) => (frame, false),
                 Err(status) => {
                     let status = if status.code() == tonic::Code::Internal {
                         tracing::error!(error = status.message(), "a REST stream failed");
@@ -180,6 +285,62 @@ mod tests {
         );
         // An id that would break the framing is left out rather than sent.
         assert_eq!(sse_event(Some("a\nb"), b"{}"), Bytes::from_static(b"data: {}\n\n"));
+    }
+
+    #[test]
+    fn a_frame_is_shared_only_by_the_same_message_method_and_media_type() {
+        let frames = RecentFrames::new();
+        let framed = std::cell::Cell::new(0);
+        let frame = |method: &str, sse: bool, message: &'static [u8]| {
+            frames
+                .frame(method, sse, Bytes::from_static(message), |m| {
+                    framed.set(framed.get() + 1);
+                    Ok(Bytes::from(format!("{method} {sse} {}", String::from_utf8_lossy(&m))))
+                })
+                .expect("framed")
+        };
+        assert_eq!(frame("m *", false, b"a"), "m * false a");
+        assert_eq!(frame("m *", false, b"a"), "m * false a");
+        assert_eq!(framed.get(), 1, "the second stream reuses the first one's frame");
+        assert_eq!(frame("m *", true, b"a"), "m * true a");
+        assert_eq!(frame("n *", false, b"a"), "n * false a");
+        assert_eq!(frame("m *", false, b"b"), "m * false b");
+        assert_eq!(framed.get(), 4, "another media type, method or message is framed anew");
+        // A failure is not kept: the next stream tries again.
+        let failed = frames.frame("m *", false, Bytes::from_static(b"c"), |_| {
+            Err(tonic::Status::internal("x"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(frame("m *", false, b"c"), "m * false c");
+        assert_eq!(framed.get(), 5);
+    }
+
+    #[test]
+    fn kept_frames_are_bounded_in_number_and_size() {
+        let frames = RecentFrames::new();
+        let framed = std::cell::Cell::new(0);
+        let frame = |message: Vec<u8>| {
+            frames
+                .frame("m *", false, Bytes::from(message), |m| {
+                    framed.set(framed.get() + 1);
+                    Ok(m)
+                })
+                .expect("framed")
+        };
+        for i in 0..=RECENT_FRAMES {
+            frame(i.to_string().into_bytes());
+        }
+        assert_eq!(frames.entries.lock().expect("lock").len(), RECENT_FRAMES);
+        frame(b"0".to_vec());
+        assert_eq!(framed.get(), RECENT_FRAMES + 2, "the oldest frame was dropped");
+        let large = vec![b'x'; RECENT_FRAME_MAX + 1];
+        frame(large.clone());
+        frame(large);
+        assert_eq!(
+            framed.get(),
+            RECENT_FRAMES + 4,
+            "a large message is framed by each stream"
+        );
     }
 
     #[test]
