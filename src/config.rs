@@ -184,6 +184,13 @@ pub struct ServeConfig {
     #[arg(long, env = "USER_SERVICE_MAX_CONNECTION_RESPONSE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_connection_response_bytes: usize,
 
+    /// The kernel's send buffer of each connection (SO_SNDBUF; Linux keeps twice this for its bookkeeping), so
+    /// a client that stops reading a stream holds this much of the machine's memory rather than the kernel's
+    /// auto-tuned maximum (4 MiB by default) per connection. 0 leaves the kernel's auto-tuning on; raise it for
+    /// large answers over links with a long round trip (throughput is about this size per round trip).
+    #[arg(long, env = "USER_SERVICE_SOCKET_SEND_BUFFER_BYTES", default_value_t = 256 * 1024)]
+    pub socket_send_buffer_bytes: usize,
+
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish before connections are closed.
     #[arg(long, env = "USER_SERVICE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -95,6 +95,11 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
+        if config.socket_send_buffer_bytes > 0
+            && let Err(e) = rustix::net::sockopt::set_socket_send_buffer_size(&stream, config.socket_send_buffer_bytes)
+        {
+            tracing::debug!(error = %e, "setting the socket's send buffer failed");
+        }
         tokio::spawn(serve_connection(
             stream,
             peer,

@@ -6,7 +6,9 @@
 # order, from the database. --request-timeout is raised past the pause (which lasts as long as the writes, at
 # least 30 s): a client that reads nothing for longer than it is dropped (and resumes from its last cursor).
 # SLOW_WATCHERS (default 1) such watchers stall side by side, each on its own connection; SLOW_BATCHES (default 200)
-# batches of 100 changes are written.
+# batches of 100 changes are written. Outside the process, the kernel may hold at most SLOW_WATCHER_MAX_KERNEL_KB
+# (default 640) queued on a stalled connection: the default --socket-send-buffer-bytes of 256 KiB, which Linux
+# doubles, where its auto-tuning would let each grow to 4 MiB.
 # Usage: tests/reliability/slow_watcher.sh   (USER_SERVICE_BIN defaults to target/debug/user-service)
 name=slow_watcher
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -105,6 +107,24 @@ time.sleep(max(0.0, pause - wrote))
 paused = time.time() - started
 during = peak
 
+def queued_by_server():
+    """Bytes the kernel holds unsent or unacknowledged on each of the server's connections (/proc/net/tcp's
+    tx_queue): a stalled watcher's share of the machine's memory outside the process."""
+    queued = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, queues = fields[1], fields[3], fields[4]
+            if int(local.rsplit(":", 1)[1], 16) == port and state == "01":
+                queued.append(int(queues.split(":")[0], 16))
+    return queued
+kernel = queued_by_server()
+max_kernel_kb = float(os.environ.get("SLOW_WATCHER_MAX_KERNEL_KB", "640"))
+
 read_started = time.time()
 seen_by = []
 for lines in streams:
@@ -129,10 +149,16 @@ growth = during - baseline
 print(f"slow_watcher: {total} changes written in {wrote:.1f} s; {watchers} watcher(s) silent for {paused:.1f} s, "
       f"then caught up "
       f"in {caught_up:.1f} s; RSS {baseline:.1f} MB before, peak {during:.1f} MB while silent (+{growth:.1f} MB), "
-      f"peak {peak:.1f} MB overall")
+      f"peak {peak:.1f} MB overall; the kernel held at most {max(kernel, default=0) / 1024:.0f} KiB per "
+      f"connection ({sum(kernel) / 2**20:.1f} MiB on {len(kernel)})")
 expected = {k: sorted(v) for k, v in acknowledged.items()}
 if any(seen != expected for seen in seen_by):
     sys.exit("slow_watcher: FAIL: a watcher did not get every change exactly once in revision order")
+if len(kernel) < watchers:
+    sys.exit(f"slow_watcher: FAIL: found {len(kernel)} of the {watchers} watchers' connections in /proc/net/tcp")
+if max(kernel) > max_kernel_kb * 1024:
+    sys.exit(f"slow_watcher: FAIL: the kernel held {max(kernel) / 1024:.0f} KiB on one connection "
+             f"(limit {max_kernel_kb:.0f} KiB: --socket-send-buffer-bytes, doubled by Linux)")
 if growth > max_growth_mb:
     sys.exit(f"slow_watcher: FAIL: RSS grew by {growth:.1f} MB while the watcher was silent (limit {max_growth_mb} MB)")
 print("1 passed, 0 failed")
