@@ -87,14 +87,15 @@ impl EventRow {
     }
 }
 
+/// PostgreSQL's visibility horizon as SQL: the oldest transaction running when the statement's snapshot was
+/// taken, as a bigint comparable with `user_events.txid`.
+const PG_HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+
 /// The visibility horizon: every row below it that will ever exist is visible now. PostgreSQL: the oldest
 /// running transaction; SQLite: unbounded (one writer, see the module documentation).
 fn horizon(conn: &mut DbConnection) -> QueryResult<i64> {
     match conn {
-        DbConnection::Postgres(pg) => diesel::select(diesel::dsl::sql::<BigInt>(
-            "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-        ))
-        .get_result(pg),
+        DbConnection::Postgres(pg) => diesel::select(diesel::dsl::sql::<BigInt>(PG_HORIZON)).get_result(pg),
         DbConnection::Sqlite(_) => Ok(i64::MAX),
     }
 }
@@ -176,8 +177,10 @@ impl diesel::query_builder::Query for PgPageAfter {
 
 impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for PgPageAfter {
     fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        out.push_sql("WITH horizon AS (SELECT ");
+        out.push_sql(PG_HORIZON);
         out.push_sql(
-            "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) \
+            " AS xmin) \
              SELECT horizon.xmin AS horizon, \
                     COALESCE((SELECT max(txid) FROM user_events) >= GREATEST(horizon.xmin, ",
         );
