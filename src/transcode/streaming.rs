@@ -182,12 +182,13 @@ impl RecentFrames {
                 return Ok(hit.frame.clone());
             }
         }
-        // A copy for the key: the message may be a slice of a larger buffer that should not stay pinned.
-        let key = Bytes::copy_from_slice(&message);
-        let framed = frame(message)?;
+        let framed = frame(message.clone())?;
         if framed.len() > 2 * RECENT_FRAME_MAX {
             return Ok(framed);
         }
+        // A copy for the key, made only for a frame that is kept: the message may be a slice of a larger buffer
+        // that should not stay pinned.
+        let key = Bytes::copy_from_slice(&message);
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= RECENT_FRAMES {
             entries.pop_front();
