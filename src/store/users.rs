@@ -826,13 +826,41 @@ pub fn list(conn: &mut DbConnection, q: &ListQuery) -> QueryResult<Vec<User>> {
             keyset!(query, users::email_key, key.unwrap_or_default(), cursor, desc);
         }
     }
-    query
-        .limit(q.limit)
-        .load(conn)?
-        .into_iter()
-        .map(|row| row.into_user().map(|(u, _)| u))
-        .collect()
+    let query = query.limit(q.limit);
+    let rows: Vec<UserRow> = if q.filter.conditions.is_empty() {
+        query.load(conn)?
+    } else {
+        Uncached(query).load(conn)?
+    };
+    rows.into_iter().map(|row| row.into_user().map(|(u, _)| u)).collect()
 }
+
+/// A query prepared afresh on every call instead of being kept in the connection's statement cache. A filtered
+/// ListUsers has one SQL text per filter shape (up to 20 restrictions of a dozen kinds, in any order), and diesel
+/// keeps every statement it caches for the connection's life (about 27 KB each on SQLite, a server-side prepared
+/// statement on PostgreSQL): a caller varying its filter would grow the service and the database without bound.
+/// Unfiltered pages have a few dozen shapes (order, direction, cursor, deleted) and stay cached.
+struct Uncached<Q>(Q);
+
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Uncached<Q> {
+    type SqlType = Q::SqlType;
+}
+
+impl<Q> diesel::query_builder::QueryId for Uncached<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<DB: diesel::backend::Backend, Q: diesel::query_builder::QueryFragment<DB>> diesel::query_builder::QueryFragment<DB>
+    for Uncached<Q>
+{
+    fn walk_ast<'b>(&'b self, mut pass: diesel::query_builder::AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        pass.unsafe_to_cache_prepared();
+        self.0.walk_ast(pass)
+    }
+}
+
+impl<Q, C> RunQueryDsl<C> for Uncached<Q> {}
 
 /// The id of the user a sign-in names, if any.
 fn sign_in_id(conn: &mut DbConnection, key: &LoginKey) -> QueryResult<Option<String>> {
