@@ -209,3 +209,29 @@ pub fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<usize> {
     .map_err(|e| anyhow::anyhow!("running migrations: {e}"))?;
     Ok(applied)
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::prelude::*;
+
+    #[derive(QueryableByName)]
+    struct CompileOption {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        compile_options: String,
+    }
+
+    /// Without the query planner stability guarantee, SQLite compiles a statement again on every call that binds
+    /// a new `LIMIT` (`.cargo/config.toml` turns it on in the bundled SQLite).
+    #[test]
+    fn the_bundled_sqlite_plans_without_looking_at_bound_values() {
+        let mut conn = diesel::SqliteConnection::establish(":memory:").expect("an in-memory database");
+        let options: Vec<CompileOption> = diesel::sql_query("PRAGMA compile_options")
+            .load(&mut conn)
+            .expect("compile options");
+        assert!(
+            options.iter().any(|o| o.compile_options == "ENABLE_QPSG"),
+            "SQLite was built without SQLITE_ENABLE_QPSG: {:?}",
+            options.iter().map(|o| o.compile_options.as_str()).collect::<Vec<_>>()
+        );
+    }
+}
