@@ -12,7 +12,7 @@ set -euo pipefail
 
 fuzz_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_dir="$(dirname "$fuzz_dir")"
-targets=(field_mask path_template json_request filter decode_limits connect_request verification_mail feed_cursor)
+targets=(field_mask path_template json_request filter decode_limits connect_request verification_mail feed_cursor rest_answer)
 cargo_fuzz_version="0.13.2"
 
 seconds="${1:-180}"

@@ -8,24 +8,16 @@
 
 #![no_main]
 
-use std::sync::OnceLock;
+#[path = "shared/bindings.rs"]
+mod shared_bindings;
 
 use libfuzzer_sys::fuzz_target;
-use prost_reflect::{DescriptorPool, Kind};
+use prost_reflect::Kind;
 use serde_json::Value;
+use shared_bindings::bindings;
 use user_service::domain::field_mask::UpdateMask;
 use user_service::transcode::json::{RestInput, infer_mask, message_json, request_message};
-use user_service::transcode::rule::{Body, HttpBinding};
-
-fn bindings() -> &'static [HttpBinding] {
-    static BINDINGS: OnceLock<Vec<HttpBinding>> = OnceLock::new();
-    BINDINGS.get_or_init(|| {
-        let pool = DescriptorPool::decode(user_service::pb::FILE_DESCRIPTOR_SET).expect("the descriptor set decodes");
-        let bindings = user_service::transcode::rule::bindings(&pool).expect("the http rules are valid");
-        assert!(!bindings.is_empty(), "the service has REST bindings");
-        bindings
-    })
-}
+use user_service::transcode::rule::Body;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {

@@ -18,7 +18,9 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
 use tonic::Status;
 
-use super::{BodyError, Call, Handler, MAX_JSON_DEPTH, copy_passthrough_headers, json, json_depth, read_limited};
+use super::{
+    BodyError, Call, Handler, MAX_JSON_DEPTH, copy_passthrough_headers, json, json_depth, read_limited, wire_json,
+};
 use crate::decode_limits::{DecodeLimits, decode_off_worker};
 use crate::rpc_status::{connect_code_name, connect_status_response};
 
@@ -318,11 +320,14 @@ impl Connect {
         };
         let body = match codec {
             Codec::Proto => reply.message,
-            Codec::Json => {
-                let output = DynamicMessage::decode(method.output(), reply.message)
-                    .map_err(|e| internal(&format!("decoding the response: {e}")))?;
-                Bytes::from(json::message_json_bytes(&output).map_err(|e| internal(&e))?)
-            }
+            Codec::Json => match wire_json::message_json(&method.output(), &reply.message) {
+                Ok(json) => Bytes::from(json),
+                Err(wire_json::GiveUp) => {
+                    let output = DynamicMessage::decode(method.output(), reply.message)
+                        .map_err(|e| internal(&format!("decoding the response: {e}")))?;
+                    Bytes::from(json::message_json_bytes(&output).map_err(|e| internal(&e))?)
+                }
+            },
         };
         let mut response = Response::new(AxumBody::from(body));
         response

@@ -374,7 +374,8 @@ fn put_mask(message: &mut DynamicMessage, location: &[(FieldDescriptor, Option<u
 }
 
 /// What the REST answer does with one field of a message.
-enum Role {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
     /// Input-only (a password): never part of an answer, not even empty.
     Hidden,
     /// A singular field mask: its paths verbatim, as one comma-separated string.
@@ -390,20 +391,19 @@ struct Plan {
 
 impl Plan {
     fn of(message: &MessageDescriptor) -> Plan {
-        let fields = message
-            .fields()
-            .map(|field| {
-                let role = if field_behaviors(&field).contains(&INPUT_ONLY) {
-                    Role::Hidden
-                } else if is_field_mask(&field) {
-                    Role::Mask
-                } else {
-                    Role::Shown
-                };
-                (field, role)
-            })
-            .collect();
+        let fields = message.fields().map(|field| (field.clone(), role_of(&field))).collect();
         Plan { fields }
+    }
+}
+
+/// The role of a field in REST answers (reading it decodes the field's options: done once per message type).
+pub(super) fn role_of(field: &FieldDescriptor) -> Role {
+    if field_behaviors(field).contains(&INPUT_ONLY) {
+        Role::Hidden
+    } else if is_field_mask(field) {
+        Role::Mask
+    } else {
+        Role::Shown
     }
 }
 
@@ -483,10 +483,17 @@ fn timestamp_json<S: serde::Serializer>(message: &DynamicMessage, serializer: S)
         .as_deref()
         .and_then(prost_reflect::Value::as_i32)
         .unwrap_or_default();
-    if !TIMESTAMP_SECONDS.contains(&seconds) {
-        return Err(serde::ser::Error::custom("timestamp out of range"));
+    match timestamp_text(seconds, nanos) {
+        Some(text) => serializer.collect_str(&text),
+        None => Err(serde::ser::Error::custom("timestamp out of range")),
     }
-    serializer.collect_str(&prost_types::Timestamp { seconds, nanos })
+}
+
+/// A timestamp's seconds and nanoseconds as the text RFC 3339 writes them, or `None` out of its range.
+pub(super) fn timestamp_text(seconds: i64, nanos: i32) -> Option<impl std::fmt::Display> {
+    TIMESTAMP_SECONDS
+        .contains(&seconds)
+        .then_some(prost_types::Timestamp { seconds, nanos })
 }
 
 /// A field mask message as its paths joined by commas.
@@ -646,6 +653,25 @@ fn scalar_json_value<S: serde::Serializer>(
         V::Message(message) => RestJson(message).serialize(serializer),
         V::List(_) | V::Map(_) => Err(serde::ser::Error::custom("a list or map where a single value belongs")),
     }
+}
+
+/// Appends a message as REST answers it (see [`RestJson`]) to `out`.
+pub(super) fn write_message_json(out: &mut Vec<u8>, message: &DynamicMessage) -> Result<(), String> {
+    serde_json::to_writer(out, &RestJson(message)).map_err(|e| e.to_string())
+}
+
+/// Appends the JSON of a field's value (a list, a map or a singular value) to `out`.
+pub(super) fn write_field_json(
+    out: &mut Vec<u8>,
+    value: &prost_reflect::Value,
+    field: &FieldDescriptor,
+) -> Result<(), String> {
+    serde_json::to_writer(out, &FieldJson(value, field)).map_err(|e| e.to_string())
+}
+
+/// Appends a scalar value (not a message, list or map) of `kind` to `out`, by the proto3 JSON mapping.
+pub(super) fn write_scalar_json(out: &mut Vec<u8>, value: &prost_reflect::Value, kind: &Kind) -> Result<(), String> {
+    scalar_json_value(value, kind, &mut serde_json::Serializer::new(out)).map_err(|e| e.to_string())
 }
 
 /// Serializes a message as REST answers it (see [`RestJson`]), as a JSON value.
@@ -1025,18 +1051,23 @@ mod tests {
         ]
     }
 
+    /// The full answers of a binding's output type, and its empty one.
+    fn answers_of(pool: &DescriptorPool, binding: &HttpBinding) -> Vec<DynamicMessage> {
+        let output = binding.rpc.output();
+        let mut answers: Vec<DynamicMessage> = full_answers(pool)
+            .into_iter()
+            .filter(|m| m.descriptor() == output)
+            .collect();
+        answers.push(DynamicMessage::new(output));
+        answers
+    }
+
     #[test]
     fn answers_are_written_as_before() {
         let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptors");
         let mut checked = 0;
         for binding in bindings(&pool).expect("bindings") {
-            let output = binding.rpc.output();
-            let mut answers: Vec<DynamicMessage> = full_answers(&pool)
-                .into_iter()
-                .filter(|m| m.descriptor() == output)
-                .collect();
-            answers.push(DynamicMessage::new(output));
-            for answer in answers {
+            for answer in answers_of(&pool, &binding) {
                 // The same JSON; only the order of object keys, which carries no meaning, may differ.
                 // (No rule of this API has a `response_body`: the answer is the whole message.)
                 let new = response_json(&binding, &answer).expect("serializes");
@@ -1051,6 +1082,69 @@ mod tests {
             }
         }
         assert!(checked >= 20, "every binding was checked, full and empty ({checked})");
+    }
+
+    #[test]
+    fn the_wire_writer_writes_what_the_reflective_writer_writes() {
+        use crate::transcode::wire_json;
+        use prost::Message;
+        let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let parse = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).expect("JSON");
+        let mut checked = 0;
+        for binding in bindings(&pool).expect("bindings") {
+            let output = binding.rpc.output();
+            for answer in answers_of(&pool, &binding) {
+                let bytes = answer.encode_to_vec();
+                let (wire, etag) = wire_json::response_json(&binding, &bytes).expect("the wire writer writes it");
+                let reflective = response_json(&binding, &answer).expect("serializes");
+                assert_eq!(parse(&wire), parse(&reflective), "{}", binding.rpc.name());
+                assert_eq!(wire.len(), reflective.len(), "{}", binding.rpc.name());
+                assert_eq!(etag, response_etag(&answer));
+                let connect = wire_json::message_json(&output, &bytes).expect("the wire writer writes it");
+                assert_eq!(
+                    parse(&connect),
+                    parse(&message_json_bytes(&answer).expect("serializes"))
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "every binding was checked, full and empty ({checked})");
+    }
+
+    #[test]
+    fn the_wire_writer_gives_up_where_a_decoder_would_merge_or_fail() {
+        use crate::transcode::wire_json::{self, GiveUp};
+        use prost::Message;
+        let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let user = full_answers(&pool).into_iter().next().expect("a user");
+        let descriptor = user.descriptor();
+        let bytes = user.encode_to_vec();
+        let number = |name: &str| descriptor.get_field_by_name(name).expect("field").number() as u8;
+        // A singular message given twice (decoders merge the two).
+        let mut twice = bytes.clone();
+        twice.extend_from_slice(&[number("create_time") << 3 | 2, 2, 0x08, 0x01]);
+        assert!(matches!(wire_json::message_json(&descriptor, &twice), Err(GiveUp)));
+        // A map key given twice (the last entry wins).
+        let mut key_twice = bytes.clone();
+        key_twice.extend_from_slice(&[number("labels") << 3 | 2, 5, 0x0a, 0x01, b'b', 0x12, 0x00]);
+        assert!(matches!(wire_json::message_json(&descriptor, &key_twice), Err(GiveUp)));
+        // Cut short, and a string that is not UTF-8.
+        assert!(matches!(
+            wire_json::message_json(&descriptor, &bytes[..bytes.len() - 1]),
+            Err(GiveUp)
+        ));
+        let bad_text = [number("email") << 3 | 2, 1, 0xff];
+        assert!(matches!(wire_json::message_json(&descriptor, &bad_text), Err(GiveUp)));
+        // A scalar given twice keeps its last value, and unknown fields are skipped, as a decoder does.
+        let mut last_wins = bytes.clone();
+        last_wins.extend_from_slice(&[number("email") << 3 | 2, 1, b'z', 0xf8, 0x3f, 0x07]);
+        let mut decoded = user.clone();
+        decoded.set_field_by_name("email", prost_reflect::Value::String("z".into()));
+        let wire = wire_json::message_json(&descriptor, &last_wins).expect("written");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&wire).expect("JSON"),
+            message_json(&decoded).expect("serializes")
+        );
     }
 
     /// The serializer answers were written with before they were written straight to bytes: a copy of the

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod path_template;
 pub mod rule;
 pub mod streaming;
+pub mod wire_json;
 
 use std::sync::Arc;
 
@@ -283,14 +284,20 @@ impl Transcoder {
         if let Some(stream) = reply.stream {
             return Ok(streaming::response(binding, accept.as_ref(), stream, &reply.headers));
         }
-        let output = DynamicMessage::decode(binding.rpc.output(), reply.message)
-            .map_err(|e| internal(&format!("decoding the response: {e}")))?;
-        let json = json::response_json(binding, &output).map_err(|e| internal(&e))?;
+        let (json, etag) = match wire_json::response_json(binding, &reply.message) {
+            Ok(answer) => answer,
+            Err(wire_json::GiveUp) => {
+                let output = DynamicMessage::decode(binding.rpc.output(), reply.message)
+                    .map_err(|e| internal(&format!("decoding the response: {e}")))?;
+                let json = json::response_json(binding, &output).map_err(|e| internal(&e))?;
+                (json, json::response_etag(&output))
+            }
+        };
         let mut response = Response::new(AxumBody::from(json));
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(etag) = json::response_etag(&output)
+        if let Some(etag) = etag
             && let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\""))
         {
             response.headers_mut().insert(header::ETAG, value);
