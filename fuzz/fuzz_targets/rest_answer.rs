@@ -1,6 +1,7 @@
 //! REST answers written from their protobuf bytes: for any bytes that decode as a binding's answer and that the
 //! reflective writer writes, the wire writer writes the same JSON (the same value, the same length) or gives up;
-//! on any other bytes it never panics. The Connect JSON form is checked the same way.
+//! on any other bytes it never panics. The Connect JSON form, the `etag` and a streamed event's `cursor` are
+//! checked the same way.
 //!
 //! Input: the first byte picks the binding (modulo their number); the rest is the answer's bytes.
 
@@ -14,6 +15,7 @@ use prost_reflect::DynamicMessage;
 use serde_json::Value;
 use shared_bindings::bindings;
 use user_service::transcode::json::{message_json_bytes, response_etag, response_json};
+use user_service::transcode::streaming::cursor_of;
 use user_service::transcode::wire_json;
 
 fn parse(bytes: &[u8]) -> Value {
@@ -28,14 +30,21 @@ fuzz_target!(|data: &[u8]| {
     let binding = &all[usize::from(selector) % all.len()];
     let output = binding.rpc.output();
     let wire = wire_json::response_json(binding, bytes);
+    let etag = wire_json::string_field(&output, bytes, "etag");
+    let cursor = wire_json::string_field(&output, bytes, "cursor");
     let connect = wire_json::message_json(&output, bytes);
     let Ok(message) = DynamicMessage::decode(output, bytes) else {
         return;
     };
-    if let (Ok((json, etag)), Ok(reflective)) = (&wire, response_json(binding, &message)) {
+    if let (Ok(json), Ok(reflective)) = (&wire, response_json(binding, &message)) {
         assert_eq!(parse(json), parse(&reflective), "{}", binding.rpc.name());
         assert_eq!(json.len(), reflective.len(), "{}", binding.rpc.name());
-        assert_eq!(etag, &response_etag(&message));
+    }
+    if let Ok(etag) = etag {
+        assert_eq!(etag.filter(|e| !e.is_empty()), response_etag(&message));
+    }
+    if let Ok(cursor) = cursor {
+        assert_eq!(cursor, cursor_of(&message));
     }
     if let (Ok(json), Ok(reflective)) = (&connect, message_json_bytes(&message)) {
         assert_eq!(parse(json), parse(&reflective), "{}", binding.rpc.name());

@@ -1095,11 +1095,12 @@ mod tests {
             let output = binding.rpc.output();
             for answer in answers_of(&pool, &binding) {
                 let bytes = answer.encode_to_vec();
-                let (wire, etag) = wire_json::response_json(&binding, &bytes).expect("the wire writer writes it");
+                let wire = wire_json::response_json(&binding, &bytes).expect("the wire writer writes it");
+                let etag = wire_json::string_field(&output, &bytes, "etag").expect("an etag or none");
                 let reflective = response_json(&binding, &answer).expect("serializes");
                 assert_eq!(parse(&wire), parse(&reflective), "{}", binding.rpc.name());
                 assert_eq!(wire.len(), reflective.len(), "{}", binding.rpc.name());
-                assert_eq!(etag, response_etag(&answer));
+                assert_eq!(etag.filter(|e| !e.is_empty()), response_etag(&answer));
                 let connect = wire_json::message_json(&output, &bytes).expect("the wire writer writes it");
                 assert_eq!(
                     parse(&connect),

@@ -284,7 +284,11 @@ impl Transcoder {
         if let Some(stream) = reply.stream {
             return Ok(streaming::response(binding, accept.as_ref(), stream, &reply.headers));
         }
-        let (json, etag) = match wire_json::response_json(binding, &reply.message) {
+        let from_wire = wire_json::response_json(binding, &reply.message).and_then(|json| {
+            let etag = wire_json::string_field(&binding.rpc.output(), &reply.message, "etag")?;
+            Ok((json, etag.filter(|etag| !etag.is_empty())))
+        });
+        let (json, etag) = match from_wire {
             Ok(answer) => answer,
             Err(wire_json::GiveUp) => {
                 let output = DynamicMessage::decode(binding.rpc.output(), reply.message)

@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue, Response, header};
 use prost_reflect::{DynamicMessage, Kind, ReflectMessage, Value};
 
 use super::rule::HttpBinding;
-use super::{MessageStream, invalid_argument, json};
+use super::{MessageStream, invalid_argument, json, wire_json};
 use crate::rpc_status::status_json;
 
 /// The field of a streamed message that names its place in the stream (the SSE `id:`).
@@ -107,7 +107,7 @@ fn ndjson_line(json: &[u8]) -> Bytes {
 }
 
 /// The cursor a streamed message carries, if its type has one.
-fn cursor_of(message: &DynamicMessage) -> Option<String> {
+pub fn cursor_of(message: &DynamicMessage) -> Option<String> {
     let field = message.descriptor().get_field_by_name(CURSOR_FIELD)?;
     match message.get_field(&field).as_ref() {
         Value::String(s) => Some(s.clone()),
@@ -225,11 +225,25 @@ pub fn response(
         .map(move |item| {
             let framed = item.and_then(|bytes| {
                 RecentFrames::get().frame(&method, sse, bytes, |bytes| {
-                    let message = DynamicMessage::decode(output.clone(), bytes)
-                        .map_err(|e| tonic::Status::internal(format!("decoding a streamed message: {e}")))?;
-                    let json = json::response_json(&binding, &message).map_err(tonic::Status::internal)?;
+                    let from_wire = wire_json::response_json(&binding, &bytes).and_then(|json| {
+                        let cursor = if sse {
+                            wire_json::string_field(&output, &bytes, CURSOR_FIELD)?
+                        } else {
+                            None
+                        };
+                        Ok((json, cursor))
+                    });
+                    let (json, cursor) = match from_wire {
+                        Ok(written) => written,
+                        Err(wire_json::GiveUp) => {
+                            let message = DynamicMessage::decode(output.clone(), bytes)
+                                .map_err(|e| tonic::Status::internal(format!("decoding a streamed message: {e}")))?;
+                            let json = json::response_json(&binding, &message).map_err(tonic::Status::internal)?;
+                            (json, cursor_of(&message))
+                        }
+                    };
                     Ok(if sse {
-                        sse_event(cursor_of(&message).as_deref(), &json)
+                        sse_event(cursor.as_deref(), &json)
                     } else {
                         ndjson_line(&json)
                     })

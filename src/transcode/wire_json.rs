@@ -31,9 +31,8 @@ impl From<String> for GiveUp {
     }
 }
 
-/// A REST answer's body (the whole message, or its `response_body` field) and its top-level `etag`, from the
-/// answer's bytes.
-pub fn response_json(binding: &HttpBinding, bytes: &[u8]) -> Result<(Vec<u8>, Option<String>), GiveUp> {
+/// A REST answer's body (the whole message, or its `response_body` field), from the answer's bytes.
+pub fn response_json(binding: &HttpBinding, bytes: &[u8]) -> Result<Vec<u8>, GiveUp> {
     let descriptor = binding.rpc.output();
     let plan = plan(&descriptor);
     let mut body = Vec::with_capacity(bytes.len() * 2 + 64);
@@ -54,15 +53,25 @@ pub fn response_json(binding: &HttpBinding, bytes: &[u8]) -> Result<(Vec<u8>, Op
             }
         }
     }
-    let etag = match plan.etag {
-        Some(index) => match last_occurrence(&plan, bytes, index)? {
-            Some(Raw::Len(text)) if !text.is_empty() => Some(utf8(text)?.to_owned()),
-            Some(Raw::Len(_)) | None => None,
-            Some(_) => return Err(GiveUp),
-        },
-        None => None,
+    Ok(body)
+}
+
+/// The value of the top-level string field `name` (an answer's `etag`, a streamed event's `cursor`), as a
+/// decoder reads it: `None` when the message type has no such field, empty when the field is absent.
+pub fn string_field(descriptor: &MessageDescriptor, bytes: &[u8], name: &str) -> Result<Option<String>, GiveUp> {
+    let plan = plan(descriptor);
+    let Some(index) = plan.index_by_name(name) else {
+        return Ok(None);
     };
-    Ok((body, etag))
+    let field = &plan.fields[index];
+    if !matches!(field.kind, Kind::String) || field.list {
+        return Err(GiveUp);
+    }
+    match last_occurrence(&plan, bytes, index)? {
+        Some(Raw::Len(text)) => Ok(Some(utf8(text)?.to_owned())),
+        None => Ok(Some(String::new())),
+        Some(_) => Err(GiveUp),
+    }
 }
 
 /// A whole message as REST answers it (the body of a Connect JSON answer), from its bytes.
@@ -108,8 +117,6 @@ struct Plan {
     fields: Vec<FieldPlan>,
     /// (field number, index in `fields`), sorted by number.
     by_number: Vec<(u32, usize)>,
-    /// The index of a top-level string `etag` field.
-    etag: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +134,6 @@ impl Plan {
             special: Special::WellKnown,
             fields: Vec::new(),
             by_number: Vec::new(),
-            etag: None,
         }
     }
 
@@ -169,15 +175,11 @@ impl Plan {
             .collect();
         let mut by_number: Vec<(u32, usize)> = fields.iter().enumerate().map(|(i, f)| (f.number, i)).collect();
         by_number.sort_unstable();
-        let etag = fields
-            .iter()
-            .position(|f| f.descriptor.name() == "etag" && matches!(f.kind, Kind::String) && !f.list);
         Plan {
             descriptor: Some(message.clone()),
             special,
             fields,
             by_number,
-            etag,
         }
     }
 
