@@ -65,6 +65,14 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Time the REST answer's JSON for one page of users, in-process: protobuf encoding (what gRPC sends), the
+    /// reflective writer (decode into a `DynamicMessage`, then write) and the wire writer, per page.
+    Json {
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+        #[arg(long, default_value_t = 3_000)]
+        pages: u32,
+    },
 }
 
 #[derive(Parser, Clone)]
@@ -180,7 +188,90 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(store(&database_url, op, users, requests, concurrency)),
+        Command::Json { users, pages } => json_page(users, pages),
     }
+}
+
+// --- REST answer JSON, in-process ----------------------------------------------------------------------------
+
+/// A ListUsers answer of `users` users shaped like the seeded ones (plus a label, a role and a membership each),
+/// written `pages` times by each writer; prints the CPU time per page of each.
+fn json_page(users: usize, pages: u32) -> anyhow::Result<()> {
+    use prost::Message;
+    use user_service::pb;
+    let time = |n: usize| prost_types::Timestamp {
+        seconds: 1_767_225_600 + n as i64,
+        nanos: 1_000,
+    };
+    let page = pb::ListUsersResponse {
+        users: (0..users)
+            .map(|n| pb::User {
+                id: seeded_id(n as u64),
+                username: format!("user{n}"),
+                email: format!("user{n}@bench.test"),
+                given_name: format!("Given{n}"),
+                family_name: format!("Family{n}"),
+                state: pb::user::State::Active as i32,
+                labels: [("team".to_owned(), "core".to_owned())].into(),
+                roles: vec!["viewer".to_owned()],
+                memberships: vec![pb::Membership {
+                    organization_id: "org-1".to_owned(),
+                    role: "member".to_owned(),
+                    ..Default::default()
+                }],
+                create_time: Some(time(n)),
+                update_time: Some(time(n)),
+                revision: 1,
+                etag: format!("1-{n}"),
+                ..Default::default()
+            })
+            .collect(),
+        next_page_token: "eyJxIjo5MjMwNzMyNjQ4NjkyODg0MzExfQ".to_owned(),
+    };
+    let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)?;
+    let binding = user_service::transcode::rule::bindings(&pool)
+        .map_err(|e| anyhow::anyhow!(e))?
+        .into_iter()
+        .find(|b| b.rpc.name() == "ListUsers" && b.http_method == http::Method::GET)
+        .ok_or_else(|| anyhow::anyhow!("no GET binding of ListUsers"))?;
+    let bytes = page.encode_to_vec();
+    let per_page = |f: &mut dyn FnMut() -> usize| {
+        let mut written = 0;
+        let started = cpu_time();
+        for _ in 0..pages {
+            written = f();
+        }
+        ((cpu_time() - started) * 1e6 / f64::from(pages), written)
+    };
+    let (encode_us, encoded) = per_page(&mut || page.encode_to_vec().len());
+    let (reflective_us, reflective_len) = per_page(&mut || {
+        let message = prost_reflect::DynamicMessage::decode(binding.rpc.output(), bytes.as_slice()).expect("decodes");
+        user_service::transcode::json::response_json(&binding, &message)
+            .expect("writes")
+            .len()
+    });
+    let (wire_us, wire_len) = per_page(&mut || {
+        user_service::transcode::wire_json::response_json(&binding, &bytes)
+            .expect("writes")
+            .len()
+    });
+    anyhow::ensure!(
+        reflective_len == wire_len,
+        "the two writers wrote {reflective_len} and {wire_len} bytes"
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "users_per_page": users, "pages": pages, "protobuf_bytes": encoded, "json_bytes": wire_len,
+            "protobuf_encode_us": encode_us, "reflective_json_us": reflective_us, "wire_json_us": wire_us,
+        })
+    );
+    Ok(())
+}
+
+/// CPU time of this process so far, in seconds (to the 10 ms of a clock tick: time many pages).
+fn cpu_time() -> f64 {
+    cpu_ticks(std::process::id()).unwrap_or_default() as f64 / 100.0
 }
 
 fn seeded_id(n: u64) -> String {
