@@ -41,7 +41,11 @@ pub fn response_json(binding: &HttpBinding, bytes: &[u8]) -> Result<Vec<u8>, Giv
         Some(name) => {
             let index = plan.index_by_name(name).ok_or(GiveUp)?;
             let field = &plan.fields[index];
-            let value = last_occurrence(&plan, bytes, index)?;
+            let (count, value) = last_occurrence(&plan, bytes, index)?;
+            // A singular message given twice is the merge of both: more than this pass does.
+            if count > 1 && matches!(field.kind, Kind::Message(_)) {
+                return Err(GiveUp);
+            }
             match (&field.kind, value) {
                 (Kind::Message(_), None) if !field.list && !field.map => write_message(&mut body, field.child(), &[])?,
                 (Kind::Message(_), Some(Raw::Len(inner))) if !field.list && !field.map => {
@@ -67,7 +71,7 @@ pub fn string_field(descriptor: &MessageDescriptor, bytes: &[u8], name: &str) ->
     if !matches!(field.kind, Kind::String) || field.list {
         return Err(GiveUp);
     }
-    match last_occurrence(&plan, bytes, index)? {
+    match last_occurrence(&plan, bytes, index)?.1 {
         Some(Raw::Len(text)) => Ok(Some(utf8(text)?.to_owned())),
         None => Ok(Some(String::new())),
         Some(_) => Err(GiveUp),
@@ -249,17 +253,19 @@ fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Raw<'a>), GiveUp> {
     Ok((number, raw))
 }
 
-/// The last value of field `index` in a message's bytes (the one a decoder keeps for a singular field).
-fn last_occurrence<'a>(plan: &Plan, mut bytes: &'a [u8], index: usize) -> Result<Option<Raw<'a>>, GiveUp> {
+/// How many times field `index` occurs in a message's bytes, and its last value (the one a decoder keeps for a
+/// singular scalar).
+fn last_occurrence<'a>(plan: &Plan, mut bytes: &'a [u8], index: usize) -> Result<(usize, Option<Raw<'a>>), GiveUp> {
     let number = plan.fields[index].number;
-    let mut last = None;
+    let (mut count, mut last) = (0, None);
     while !bytes.is_empty() {
         let (n, raw) = next_field(&mut bytes)?;
         if n == number {
+            count += 1;
             last = Some(raw);
         }
     }
-    Ok(last)
+    Ok((count, last))
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, GiveUp> {
