@@ -1,6 +1,6 @@
 //! REST answers written from their protobuf bytes: for any bytes that decode as a binding's answer and that the
 //! reflective writer writes, the wire writer writes the same JSON (the same value, the same length) or gives up;
-//! on any other bytes it never panics. The Connect JSON form, the `etag` and a streamed event's `cursor` are
+//! bytes that do not decode it refuses too, and it never panics. The Connect JSON form, the `etag` and a streamed event's `cursor` are
 //! checked the same way.
 //!
 //! Input: the first byte picks the binding (modulo their number); the rest is the answer's bytes.
@@ -33,8 +33,18 @@ fuzz_target!(|data: &[u8]| {
     let etag = wire_json::string_field(&output, bytes, "etag");
     let cursor = wire_json::string_field(&output, bytes, "cursor");
     let connect = wire_json::message_json(&output, bytes);
-    let Ok(message) = DynamicMessage::decode(output, bytes) else {
-        return;
+    let message = match DynamicMessage::decode(output, bytes) {
+        Ok(message) => message,
+        Err(error) => {
+            // Bytes a decoder refuses are never written, but for one case: the wire writer hands a Struct to the
+            // decoder on its own, with prost's whole depth budget, so a Struct nested right at the limit is
+            // written where decoding the whole answer runs out of depth.
+            if !error.to_string().contains("recursion limit") {
+                assert!(wire.is_err(), "{}: bytes that do not decode were written", binding.rpc.name());
+                assert!(connect.is_err(), "{}: bytes that do not decode were written", binding.rpc.name());
+            }
+            return;
+        }
     };
     if let (Ok(json), Ok(reflective)) = (&wire, response_json(binding, &message)) {
         assert_eq!(parse(json), parse(&reflective), "{}", binding.rpc.name());

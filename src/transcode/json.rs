@@ -1136,6 +1136,22 @@ mod tests {
         ));
         let bad_text = [number("email") << 3 | 2, 1, 0xff];
         assert!(matches!(wire_json::message_json(&descriptor, &bad_text), Err(GiveUp)));
+        // An input-only field that is no UTF-8 (the decoder checks it; the answer never shows it), a first
+        // value that is no UTF-8 before a valid last one, a key given twice within one map entry.
+        let mut hidden = bytes.clone();
+        hidden.extend_from_slice(&[number("password") << 3 | 2 | 0x80, 0x01, 1, 0xff]);
+        assert!(matches!(wire_json::message_json(&descriptor, &hidden), Err(GiveUp)));
+        let mut bad_then_good = bad_text.to_vec();
+        bad_then_good.extend_from_slice(&[number("email") << 3 | 2, 1, b'z']);
+        assert!(matches!(
+            wire_json::message_json(&descriptor, &bad_then_good),
+            Err(GiveUp)
+        ));
+        let entry_key_twice = [number("labels") << 3 | 2, 6, 0x0a, 0x01, b'x', 0x0a, 0x01, b'y'];
+        assert!(matches!(
+            wire_json::message_json(&descriptor, &entry_key_twice),
+            Err(GiveUp)
+        ));
         // A scalar given twice keeps its last value, and unknown fields are skipped, as a decoder does.
         let mut last_wins = bytes.clone();
         last_wins.extend_from_slice(&[number("email") << 3 | 2, 1, b'z', 0xf8, 0x3f, 0x07]);

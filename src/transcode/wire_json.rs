@@ -7,7 +7,10 @@
 //! reflective writer writes; where that would take more than reading the bytes (well-known types other than
 //! timestamps and masks, which it hands to the reflective writer one sub-message at a time) or where the bytes
 //! are not what prost writes (a singular message or a oneof given twice, a map key given twice, a wire type the
-//! field does not have, bytes that are no message), it gives up and the caller answers with the reflective writer.
+//! field does not have, nesting past prost's limit, bytes that are no message, even in an input-only field), it
+//! gives up and the caller answers with the reflective writer. A sub-message handed to the reflective writer is
+//! decoded on its own, with the decoder's whole depth budget: a `Struct` nested right at that limit is written
+//! where decoding the whole answer would refuse it.
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -37,19 +40,22 @@ pub fn response_json(binding: &HttpBinding, bytes: &[u8]) -> Result<Vec<u8>, Giv
     let plan = plan(&descriptor);
     let mut body = Vec::with_capacity(bytes.len() * 2 + 64);
     match &binding.response_body {
-        None => write_message(&mut body, &plan, bytes)?,
+        None => write_message(&mut body, &plan, bytes, 0)?,
         Some(name) => {
             let index = plan.index_by_name(name).ok_or(GiveUp)?;
             let field = &plan.fields[index];
             let (count, value) = last_occurrence(&plan, bytes, index)?;
-            // A singular message given twice is the merge of both: more than this pass does.
-            if count > 1 && matches!(field.kind, Kind::Message(_)) {
+            // Given twice (a message merges, a string's first value must be checked too), or a oneof member
+            // (a later sibling clears it): more than this pass does.
+            if count > 1 || field.oneof.is_some() {
                 return Err(GiveUp);
             }
             match (&field.kind, value) {
-                (Kind::Message(_), None) if !field.list && !field.map => write_message(&mut body, field.child(), &[])?,
+                (Kind::Message(_), None) if !field.list && !field.map => {
+                    write_message(&mut body, field.child(), &[], 1)?
+                }
                 (Kind::Message(_), Some(Raw::Len(inner))) if !field.list && !field.map => {
-                    write_message(&mut body, field.child(), inner)?
+                    write_message(&mut body, field.child(), inner, 1)?
                 }
                 (Kind::String, None) if !field.list => body.extend_from_slice(b"\"\""),
                 (Kind::String, Some(Raw::Len(text))) if !field.list => write_str(&mut body, utf8(text)?),
@@ -68,20 +74,21 @@ pub fn string_field(descriptor: &MessageDescriptor, bytes: &[u8], name: &str) ->
         return Ok(None);
     };
     let field = &plan.fields[index];
-    if !matches!(field.kind, Kind::String) || field.list {
+    if !matches!(field.kind, Kind::String) || field.list || field.oneof.is_some() {
         return Err(GiveUp);
     }
-    match last_occurrence(&plan, bytes, index)?.1 {
-        Some(Raw::Len(text)) => Ok(Some(utf8(text)?.to_owned())),
-        None => Ok(Some(String::new())),
-        Some(_) => Err(GiveUp),
+    match last_occurrence(&plan, bytes, index)? {
+        (1, Some(Raw::Len(text))) => Ok(Some(utf8(text)?.to_owned())),
+        (0, _) => Ok(Some(String::new())),
+        // Given twice, every value would have to be checked: the reflective read does that.
+        _ => Err(GiveUp),
     }
 }
 
 /// A whole message as REST answers it (the body of a Connect JSON answer), from its bytes.
 pub fn message_json(descriptor: &MessageDescriptor, bytes: &[u8]) -> Result<Vec<u8>, GiveUp> {
     let mut out = Vec::with_capacity(bytes.len() * 2 + 64);
-    write_message(&mut out, &plan(descriptor), bytes)?;
+    write_message(&mut out, &plan(descriptor), bytes, 0)?;
     Ok(out)
 }
 
@@ -277,7 +284,13 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
-fn write_message(out: &mut Vec<u8>, plan: &Plan, bytes: &[u8]) -> Written {
+/// How deep messages may nest before the writer gives up: prost's own recursion limit.
+const MAX_DEPTH: usize = 100;
+
+fn write_message(out: &mut Vec<u8>, plan: &Plan, bytes: &[u8], depth: usize) -> Written {
+    if depth > MAX_DEPTH {
+        return Err(GiveUp);
+    }
     match plan.special {
         Special::None => {}
         Special::Timestamp => return write_timestamp(out, bytes),
@@ -310,9 +323,6 @@ fn write_message(out: &mut Vec<u8>, plan: &Plan, bytes: &[u8]) -> Written {
             at += 1;
         }
         let values = &present[start..at];
-        if field.role == Role::Hidden || (field.presence && values.is_empty()) {
-            continue;
-        }
         if let Some(oneof) = field.oneof
             && !values.is_empty()
         {
@@ -325,6 +335,16 @@ fn write_message(out: &mut Vec<u8>, plan: &Plan, bytes: &[u8]) -> Written {
             }
             oneofs_seen |= bit;
         }
+        if field.role == Role::Hidden {
+            // Never written, but a decoder checks it: written aside and dropped, so that bad bytes give up.
+            if !values.is_empty() {
+                write_value(&mut Vec::new(), field, values, depth)?;
+            }
+            continue;
+        }
+        if field.presence && values.is_empty() {
+            continue;
+        }
         if !first {
             out.push(b',');
         }
@@ -332,19 +352,26 @@ fn write_message(out: &mut Vec<u8>, plan: &Plan, bytes: &[u8]) -> Written {
         out.extend_from_slice(&field.key);
         if values.is_empty() {
             out.extend_from_slice(&field.default_json);
-        } else if field.map {
-            write_map(out, field, values)?;
-        } else if field.list {
-            write_list(out, field, values)?;
         } else {
-            write_singular(out, field, values)?;
+            write_value(out, field, values, depth)?;
         }
     }
     out.push(b'}');
     Ok(())
 }
 
-fn write_singular(out: &mut Vec<u8>, field: &FieldPlan, values: &[(usize, Raw<'_>)]) -> Written {
+/// The JSON of a field that is present: its map, its list or its one value.
+fn write_value(out: &mut Vec<u8>, field: &FieldPlan, values: &[(usize, Raw<'_>)], depth: usize) -> Written {
+    if field.map {
+        write_map(out, field, values)
+    } else if field.list {
+        write_list(out, field, values, depth)
+    } else {
+        write_singular(out, field, values, depth)
+    }
+}
+
+fn write_singular(out: &mut Vec<u8>, field: &FieldPlan, values: &[(usize, Raw<'_>)], depth: usize) -> Written {
     let Some(&(_, last)) = values.last() else {
         return Err(GiveUp);
     };
@@ -357,14 +384,23 @@ fn write_singular(out: &mut Vec<u8>, field: &FieldPlan, values: &[(usize, Raw<'_
             if field.role == Role::Mask {
                 write_mask(out, inner)
             } else {
-                write_message(out, field.child(), inner)
+                write_message(out, field.child(), inner, depth + 1)
             }
         }
-        kind => write_scalar(out, kind, last),
+        kind => {
+            // The decoder keeps the last value but checks every one (its wire type, its UTF-8).
+            if let Some((_, earlier)) = values.split_last() {
+                let mut scratch = Vec::new();
+                for &(_, raw) in earlier {
+                    write_scalar(&mut scratch, kind, raw)?;
+                }
+            }
+            write_scalar(out, kind, last)
+        }
     }
 }
 
-fn write_list(out: &mut Vec<u8>, field: &FieldPlan, values: &[(usize, Raw<'_>)]) -> Written {
+fn write_list(out: &mut Vec<u8>, field: &FieldPlan, values: &[(usize, Raw<'_>)], depth: usize) -> Written {
     out.push(b'[');
     let mut first = true;
     let mut separate = |out: &mut Vec<u8>| {
@@ -377,7 +413,7 @@ fn write_list(out: &mut Vec<u8>, field: &FieldPlan, values: &[(usize, Raw<'_>)])
         match (&field.kind, raw) {
             (Kind::Message(_), Raw::Len(inner)) => {
                 separate(out);
-                write_message(out, field.child(), inner)?;
+                write_message(out, field.child(), inner, depth + 1)?;
             }
             (Kind::String | Kind::Bytes, raw) => {
                 separate(out);
@@ -450,9 +486,11 @@ fn write_map(out: &mut Vec<u8>, field: &FieldPlan, values: &[(usize, Raw<'_>)]) 
         };
         let (mut key, mut value) = (None, None);
         while !bytes.is_empty() {
+            // A key or value given twice within an entry: the decoder checks both, this pass only one.
             match next_field(&mut bytes)? {
-                (1, raw) => key = Some(raw),
-                (2, raw) => value = Some(raw),
+                (1, raw) if key.is_none() => key = Some(raw),
+                (2, raw) if value.is_none() => value = Some(raw),
+                (1 | 2, _) => return Err(GiveUp),
                 _ => {}
             }
         }
