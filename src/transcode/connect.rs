@@ -15,7 +15,7 @@ use axum::body::Body as AxumBody;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
+use prost_reflect::{DescriptorPool, MethodDescriptor};
 use tonic::Status;
 
 use super::{
@@ -320,14 +320,11 @@ impl Connect {
         };
         let body = match codec {
             Codec::Proto => reply.message,
-            Codec::Json => match wire_json::message_json(&method.output(), &reply.message) {
-                Ok(json) => Bytes::from(json),
-                Err(wire_json::GiveUp) => {
-                    let output = DynamicMessage::decode(method.output(), reply.message)
-                        .map_err(|e| internal(&format!("decoding the response: {e}")))?;
-                    Bytes::from(json::message_json_bytes(&output).map_err(|e| internal(&e))?)
-                }
-            },
+            Codec::Json => {
+                let (json, _) =
+                    wire_json::answer_json(&method.output(), None, &reply.message, None).map_err(|e| internal(&e))?;
+                Bytes::from(json)
+            }
         };
         let mut response = Response::new(AxumBody::from(body));
         response

@@ -683,7 +683,18 @@ pub fn message_json(message: &DynamicMessage) -> Result<Value, String> {
 
 /// Serializes a response message (or its `response_body` field) for the REST body, straight to bytes.
 pub fn response_json(binding: &HttpBinding, message: &DynamicMessage) -> Result<Vec<u8>, String> {
-    let bytes = match &binding.response_body {
+    body_json(message, binding.response_body.as_deref())
+}
+
+/// Serializes a whole message as REST answers it (see [`RestJson`]), straight to bytes: the body of a Connect
+/// JSON answer.
+pub fn message_json_bytes(message: &DynamicMessage) -> Result<Vec<u8>, String> {
+    body_json(message, None)
+}
+
+/// The whole message, or its field `response_body`, as REST answers it.
+pub fn body_json(message: &DynamicMessage, response_body: Option<&str>) -> Result<Vec<u8>, String> {
+    let bytes = match response_body {
         Some(field) => {
             let value = message
                 .get_field_by_name(field)
@@ -699,17 +710,17 @@ pub fn response_json(binding: &HttpBinding, message: &DynamicMessage) -> Result<
     bytes.map_err(|e| e.to_string())
 }
 
-/// Serializes a whole message as REST answers it (see [`RestJson`]), straight to bytes: the body of a Connect
-/// JSON answer.
-pub fn message_json_bytes(message: &DynamicMessage) -> Result<Vec<u8>, String> {
-    serde_json::to_vec(&RestJson(message)).map_err(|e| e.to_string())
-}
-
 /// The `etag` a response message carries at its top level, for the `ETag` header.
 pub fn response_etag(message: &DynamicMessage) -> Option<String> {
-    let field = message.descriptor().get_field_by_name("etag")?;
+    string_field(message, "etag").filter(|etag| !etag.is_empty())
+}
+
+/// The value of the top-level string field `name`: `None` when the message type has no such field, empty when
+/// the field is unset.
+pub fn string_field(message: &DynamicMessage, name: &str) -> Option<String> {
+    let field = message.descriptor().get_field_by_name(name)?;
     match message.get_field(&field).as_ref() {
-        prost_reflect::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        prost_reflect::Value::String(s) => Some(s.clone()),
         _ => None,
     }
 }

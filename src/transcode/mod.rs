@@ -284,19 +284,14 @@ impl Transcoder {
         if let Some(stream) = reply.stream {
             return Ok(streaming::response(binding, accept.as_ref(), stream, &reply.headers));
         }
-        let from_wire = wire_json::response_json(binding, &reply.message).and_then(|json| {
-            let etag = wire_json::string_field(&binding.rpc.output(), &reply.message, "etag")?;
-            Ok((json, etag.filter(|etag| !etag.is_empty())))
-        });
-        let (json, etag) = match from_wire {
-            Ok(answer) => answer,
-            Err(wire_json::GiveUp) => {
-                let output = DynamicMessage::decode(binding.rpc.output(), reply.message)
-                    .map_err(|e| internal(&format!("decoding the response: {e}")))?;
-                let json = json::response_json(binding, &output).map_err(|e| internal(&e))?;
-                (json, json::response_etag(&output))
-            }
-        };
+        let (json, etag) = wire_json::answer_json(
+            &binding.rpc.output(),
+            binding.response_body.as_deref(),
+            &reply.message,
+            Some("etag"),
+        )
+        .map_err(|e| internal(&e))?;
+        let etag = etag.filter(|etag| !etag.is_empty());
         let mut response = Response::new(AxumBody::from(json));
         response
             .headers_mut()

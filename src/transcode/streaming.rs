@@ -108,11 +108,7 @@ fn ndjson_line(json: &[u8]) -> Bytes {
 
 /// The cursor a streamed message carries, if its type has one.
 pub fn cursor_of(message: &DynamicMessage) -> Option<String> {
-    let field = message.descriptor().get_field_by_name(CURSOR_FIELD)?;
-    match message.get_field(&field).as_ref() {
-        Value::String(s) => Some(s.clone()),
-        _ => None,
-    }
+    json::string_field(message, CURSOR_FIELD)
 }
 
 /// Frames of the messages streamed last, shared by every stream: a change-feed event reaches each watcher as the
@@ -225,23 +221,13 @@ pub fn response(
         .map(move |item| {
             let framed = item.and_then(|bytes| {
                 RecentFrames::get().frame(&method, sse, bytes, |bytes| {
-                    let from_wire = wire_json::response_json(&binding, &bytes).and_then(|json| {
-                        let cursor = if sse {
-                            wire_json::string_field(&output, &bytes, CURSOR_FIELD)?
-                        } else {
-                            None
-                        };
-                        Ok((json, cursor))
-                    });
-                    let (json, cursor) = match from_wire {
-                        Ok(written) => written,
-                        Err(wire_json::GiveUp) => {
-                            let message = DynamicMessage::decode(output.clone(), bytes)
-                                .map_err(|e| tonic::Status::internal(format!("decoding a streamed message: {e}")))?;
-                            let json = json::response_json(&binding, &message).map_err(tonic::Status::internal)?;
-                            (json, cursor_of(&message))
-                        }
-                    };
+                    let (json, cursor) = wire_json::answer_json(
+                        &output,
+                        binding.response_body.as_deref(),
+                        &bytes,
+                        sse.then_some(CURSOR_FIELD),
+                    )
+                    .map_err(tonic::Status::internal)?;
                     Ok(if sse {
                         sse_event(cursor.as_deref(), &json)
                     } else {

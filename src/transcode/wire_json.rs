@@ -34,12 +34,49 @@ impl From<String> for GiveUp {
     }
 }
 
+/// An answer's JSON and the top-level string field `beside` (an etag, a streamed event's cursor; see
+/// [`string_field`]), read from the answer's bytes by this writer where it can, else by decoding the bytes for the
+/// reflective writer, which writes the same (the `rest_answer` fuzz target holds the two to it). `response_body`
+/// names the one field a REST binding answers with, if it has one. Fails only on bytes that do not decode.
+pub fn answer_json(
+    descriptor: &MessageDescriptor,
+    response_body: Option<&str>,
+    bytes: &[u8],
+    beside: Option<&str>,
+) -> Result<(Vec<u8>, Option<String>), String> {
+    let from_wire = body_json(descriptor, response_body, bytes).and_then(|json| {
+        let read = match beside {
+            Some(name) => string_field(descriptor, bytes, name)?,
+            None => None,
+        };
+        Ok((json, read))
+    });
+    match from_wire {
+        Ok(answer) => Ok(answer),
+        Err(GiveUp) => {
+            let message =
+                DynamicMessage::decode(descriptor.clone(), bytes).map_err(|e| format!("decoding an answer: {e}"))?;
+            let json = json::body_json(&message, response_body)?;
+            Ok((json, beside.and_then(|name| json::string_field(&message, name))))
+        }
+    }
+}
+
 /// A REST answer's body (the whole message, or its `response_body` field), from the answer's bytes.
 pub fn response_json(binding: &HttpBinding, bytes: &[u8]) -> Result<Vec<u8>, GiveUp> {
-    let descriptor = binding.rpc.output();
-    let plan = plan(&descriptor);
+    body_json(&binding.rpc.output(), binding.response_body.as_deref(), bytes)
+}
+
+/// A whole message as REST answers it (the body of a Connect JSON answer), from its bytes.
+pub fn message_json(descriptor: &MessageDescriptor, bytes: &[u8]) -> Result<Vec<u8>, GiveUp> {
+    body_json(descriptor, None, bytes)
+}
+
+/// The whole message, or its field `response_body`, from the message's bytes.
+fn body_json(descriptor: &MessageDescriptor, response_body: Option<&str>, bytes: &[u8]) -> Result<Vec<u8>, GiveUp> {
+    let plan = plan(descriptor);
     let mut body = Vec::with_capacity(bytes.len() * 2 + 64);
-    match &binding.response_body {
+    match response_body {
         None => write_message(&mut body, &plan, bytes, 0)?,
         Some(name) => {
             let index = plan.index_by_name(name).ok_or(GiveUp)?;
@@ -83,13 +120,6 @@ pub fn string_field(descriptor: &MessageDescriptor, bytes: &[u8], name: &str) ->
         // Given twice, every value would have to be checked: the reflective read does that.
         _ => Err(GiveUp),
     }
-}
-
-/// A whole message as REST answers it (the body of a Connect JSON answer), from its bytes.
-pub fn message_json(descriptor: &MessageDescriptor, bytes: &[u8]) -> Result<Vec<u8>, GiveUp> {
-    let mut out = Vec::with_capacity(bytes.len() * 2 + 64);
-    write_message(&mut out, &plan(descriptor), bytes, 0)?;
-    Ok(out)
 }
 
 /// One field of a message type, as the wire writer needs it.
