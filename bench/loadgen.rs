@@ -907,8 +907,9 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, started: Instant, result: Result<(), String>) {
-        let micros = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+    /// Records one call that took `took`, measured where the call ended (not where its result was collected).
+    fn record(&mut self, took: Duration, result: Result<(), String>) {
+        let micros = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
         self.latencies_us.push(micros);
         if let Err(e) = result {
             self.errors += 1;
@@ -1194,7 +1195,7 @@ async fn closed_loop(
                 let call = calls.lock().unwrap_or_else(|p| p.into_inner()).next();
                 let started = Instant::now();
                 let result = caller.call(call).await;
-                tally.record(started, result);
+                tally.record(started.elapsed(), result);
             }
         }));
     }
@@ -1227,7 +1228,7 @@ async fn open_loop(
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(duration);
     let total = budget.unwrap_or(u64::MAX);
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Result<(), String>)>();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(Duration, Result<(), String>)>();
     let mut tally = Tally::default();
     let mut sent = 0u64;
     while sent < total {
@@ -1251,17 +1252,18 @@ async fn open_loop(
         let done = done_tx.clone();
         tokio::spawn(async move {
             let result = caller.call(call).await;
-            let _ = done.send((began, result));
+            // Timed here: the loop collects results only when it wakes for its next call, up to an interval later.
+            let _ = done.send((began.elapsed(), result));
             drop(permit);
         });
         sent += 1;
-        while let Ok((began, result)) = done_rx.try_recv() {
-            tally.record(began, result);
+        while let Ok((took, result)) = done_rx.try_recv() {
+            tally.record(took, result);
         }
     }
     drop(done_tx);
-    while let Some((began, result)) = done_rx.recv().await {
-        tally.record(began, result);
+    while let Some((took, result)) = done_rx.recv().await {
+        tally.record(took, result);
     }
     tally
 }
@@ -1340,7 +1342,7 @@ async fn store(url: &str, op: StoreOp, users: u64, requests: u64, concurrency: u
                         }
                     }
                 };
-                tally.record(began, result);
+                tally.record(began.elapsed(), result);
             }
             tally
         }));
