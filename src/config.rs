@@ -76,7 +76,7 @@ pub struct DatabaseConfig {
     pub database_url: String,
 
     /// Most pooled database connections. PostgreSQL serves concurrent writes on separate connections; SQLite
-    /// uses them for concurrent reads (writes are queued to one at a time).
+    /// uses them for concurrent reads (writes are queued to one at a time, on one more connection of their own).
     #[arg(long, env = "USER_SERVICE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 

@@ -193,8 +193,22 @@ impl Store {
             None
         };
         let writer = if is_sqlite {
+            // The writer's connection is its own, never lent to a reader: SQLite empties a connection's page cache
+            // whenever another connection has written since its last transaction, so a writer drawing from the
+            // shared pool started nearly every batch by reading each B-tree's upper pages back from the file.
+            let writer_pool = r2d2::Pool::builder()
+                .max_size(1)
+                .test_on_check_out(false)
+                .min_idle(Some(1))
+                .connection_timeout(options.acquire_timeout)
+                .build(ConnectionManager {
+                    target: target.clone(),
+                    sqlite_sync: options.sqlite_sync,
+                    busy_timeout: options.acquire_timeout,
+                })
+                .map_err(|e| anyhow::anyhow!("opening the writer's connection: {e}"))?;
             Some(
-                GroupWriter::start(pool.clone(), reachable.clone(), options.sqlite_commit_batch)
+                GroupWriter::start(writer_pool, reachable.clone(), options.sqlite_commit_batch)
                     .map_err(|e| anyhow::anyhow!("starting the database writer: {e}"))?,
             )
         } else {

@@ -54,8 +54,8 @@ pub struct GroupWriter {
 }
 
 impl GroupWriter {
-    /// Starts the writer thread. `max_batch` is the most writes one transaction takes; 1 commits every write on
-    /// its own.
+    /// Starts the writer thread on `pool`, which should hold one connection kept for the writer alone (see
+    /// `Store::open`). `max_batch` is the most writes one transaction takes; 1 commits every write on its own.
     pub fn start(
         pool: r2d2::Pool<ConnectionManager>,
         reachable: Arc<AtomicBool>,
