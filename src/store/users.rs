@@ -26,7 +26,9 @@ use crate::domain::user::{Membership, State, User, UserFields};
 
 mod statements;
 
-use statements::{InsertRevision, InsertRevisionWithEvent, InsertUser, TouchUser, UpdateUser, UpdateUserWithRevision};
+use statements::{
+    InsertRevision, InsertRevisionWithEvent, InsertUser, TouchUser, UpdateUser, UpdateUserKeys, UpdateUserWithRevision,
+};
 
 /// Runs `$body` with `$c` bound to the backend's own connection. Through the multi-backend connection diesel
 /// renders a query's SQL text again on every call, even to find its cached statement (~10% of a GetUser); on the
@@ -420,7 +422,17 @@ pub fn save(
                 &user.fields.labels,
             )?;
             write_roles(conn, user.id, before.map_or(&[], |f| &f.roles), &user.fields.roles)?;
-            write_change(conn, Some(&row), &user, actor, diff, kind, now)?;
+            let keys_changed = stored.is_none_or(|old| {
+                old.fields.username != user.fields.username
+                    || old.fields.email != user.fields.email
+                    || old.create_time != user.create_time
+                    || old.purge_time != user.purge_time
+            });
+            let updated = Updated {
+                row: &row,
+                keys_changed,
+            };
+            write_change(conn, Some(updated), &user, actor, diff, kind, now)?;
             Ok(user)
         }
     }
@@ -480,12 +492,19 @@ fn write_roles(conn: &mut DbConnection, id: Uuid, old: &[String], new: &[String]
     Ok(())
 }
 
+/// The row an update leaves, and whether it changed one of the columns SQLite's update leaves to
+/// [`UpdateUserKeys`] (`statements::KEY_COLUMNS`).
+struct Updated<'a> {
+    row: &'a UserRow,
+    keys_changed: bool,
+}
+
 /// Writes the revision record of a change and its feed event (the user as the change left it), and for an update
 /// the user's row, in the same transaction. On PostgreSQL that is one statement, so the feed costs no round trip;
 /// watchers are woken after the commit (`feed::Signal`).
 fn write_change(
     conn: &mut DbConnection,
-    updated: Option<&UserRow>,
+    updated: Option<Updated<'_>>,
     user: &User,
     actor: &str,
     diff: revision::Diff,
@@ -504,12 +523,15 @@ fn write_change(
     };
     match conn {
         DbConnection::Postgres(pg) => match updated {
-            Some(row) => UpdateUserWithRevision((row, &revision, &event)).execute(pg)?,
+            Some(updated) => UpdateUserWithRevision((updated.row, &revision, &event)).execute(pg)?,
             None => InsertRevisionWithEvent((&revision, &event)).execute(pg)?,
         },
         DbConnection::Sqlite(sqlite) => {
-            if let Some(row) = updated {
-                UpdateUser(row).execute(sqlite)?;
+            if let Some(updated) = updated {
+                UpdateUser(updated.row).execute(sqlite)?;
+                if updated.keys_changed {
+                    UpdateUserKeys(updated.row).execute(sqlite)?;
+                }
             }
             InsertRevision(&revision).execute(sqlite)?;
             diesel::insert_into(super::schema::user_events::table)
