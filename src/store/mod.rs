@@ -4,6 +4,7 @@
 mod checkpoint;
 mod connection;
 mod feed;
+mod read_group;
 mod schema;
 mod tail;
 mod users;
@@ -70,6 +71,8 @@ pub struct Store {
     writer: Option<GroupWriter>,
     /// SQLite only: connections for reads of one user, run inline on the async thread (see [`Store::read`]).
     inline_readers: Option<r2d2::Pool<ConnectionManager>>,
+    /// PostgreSQL: reads of one user by id, grouped under load (`read_group`).
+    read_group: Option<Arc<read_group::ReadGroup>>,
     /// Told after a commit that queued mail, so this process's sender delivers it at once instead of at its
     /// next poll.
     mail_queued: Arc<tokio::sync::Notify>,
@@ -223,6 +226,7 @@ impl Store {
             )
             .map_err(|e| anyhow::anyhow!("starting the checkpoint thread: {e}"))?;
         }
+        let read_group = (!is_sqlite).then(|| read_group::ReadGroup::new(pool.clone()));
         let feed = feed::Signal::default();
         if let DatabaseTarget::Postgres(url) = &target {
             feed::start_listener(url.clone(), &feed)
@@ -233,6 +237,7 @@ impl Store {
             reachable,
             writer,
             inline_readers,
+            read_group,
             mail_queued: Arc::new(tokio::sync::Notify::new()),
             feed,
             tail: tail::Tail::default(),
@@ -354,23 +359,29 @@ impl Store {
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<User>, Error> {
-        self.read(move |conn| {
-            users::find(conn, id)
-                .map(|found| found.map(|(u, _)| u))
-                .map_err(read_error)
-        })
-        .await
+        Ok(self.find(id).await?.map(|(user, _)| user))
+    }
+
+    /// A user and its password hash: on PostgreSQL grouped with the reads beside it (`read_group`), on SQLite
+    /// read inline where it can (see [`Store::read`]).
+    async fn find(&self, id: Uuid) -> Result<Option<users::Stored>, Error> {
+        let Some(group) = &self.read_group else {
+            return self.read(move |conn| users::find(conn, id).map_err(read_error)).await;
+        };
+        let wait = if self.reachable.load(Ordering::Relaxed) {
+            self.pool.connection_timeout()
+        } else {
+            UNREACHABLE_WAIT
+        };
+        let result = group.find(id, wait).await;
+        self.track(&result);
+        result
     }
 
     /// The stored password hash of a user (if it has one) and the revision it was read at; `None` for an
     /// unknown user.
     pub async fn password_state(&self, id: Uuid) -> Result<Option<(Option<String>, i64)>, Error> {
-        self.read(move |conn| {
-            users::find(conn, id)
-                .map(|found| found.map(|(u, hash)| (hash, u.revision)))
-                .map_err(read_error)
-        })
-        .await
+        Ok(self.find(id).await?.map(|(user, hash)| (hash, user.revision)))
     }
 
     /// Takes a sign-in attempt for the user `key` names, atomically, before its password is checked: the

@@ -359,6 +359,23 @@ pub fn find(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<Stored>> {
     find_row(conn, id)?.map(UserRow::into_user).transpose()
 }
 
+/// The users of `ids` that exist, with their password hashes, in no particular order. One statement whatever
+/// the count on PostgreSQL (`id = ANY($1)`, so one prepared statement serves every group).
+pub fn find_many(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<Vec<Stored>> {
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let rows: Vec<UserRow> = match conn {
+        DbConnection::Postgres(pg) => users::table
+            .filter(users::id.eq_any(&ids))
+            .select(UserRow::as_select())
+            .load(pg)?,
+        DbConnection::Sqlite(sqlite) => users::table
+            .filter(users::id.eq_any(&ids))
+            .select(UserRow::as_select())
+            .load(sqlite)?,
+    };
+    rows.into_iter().map(UserRow::into_user).collect()
+}
+
 pub fn user_exists(conn: &mut DbConnection, id: Uuid) -> QueryResult<bool> {
     diesel::select(diesel::dsl::exists(users::table.find(id.to_string()))).get_result(conn)
 }

@@ -6,11 +6,12 @@ use tonic::Code;
 use user_service::pb;
 
 use crate::backend_tests;
-use crate::support::{TestApp, create, mask, reason, user};
+use crate::support::{TestApp, create, mask, reason, update, user};
 
 backend_tests!(
     concurrent_label_updates_all_land,
-    concurrent_creates_with_one_email_have_one_winner
+    concurrent_creates_with_one_email_have_one_winner,
+    concurrent_reads_each_get_their_own_user
 );
 
 const TASKS: usize = 16;
@@ -107,5 +108,62 @@ async fn concurrent_creates_with_one_email_have_one_winner(app: TestApp) {
         let loser = outcomes.into_iter().find_map(Result::err).expect("one loser");
         assert_eq!(loser.code(), Code::AlreadyExists);
         assert_eq!(reason(&loser), "EMAIL_TAKEN");
+    }
+}
+
+/// Reads that run together (on PostgreSQL, grouped into one statement) each get the user they asked for, an
+/// unknown id NOT_FOUND, and a read right after a write sees the write.
+async fn concurrent_reads_each_get_their_own_user(app: TestApp) {
+    let mut c = app.client.clone();
+    let mut read_only = Vec::new();
+    for n in 0..8 {
+        read_only.push(create(&mut c, user(&format!("reader{n}@example.com"))).await);
+    }
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let mut client = app.client.clone();
+        let expected = read_only[task % read_only.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let got = client
+                    .get_user(pb::GetUserRequest {
+                        id: expected.id.clone(),
+                    })
+                    .await
+                    .expect("get")
+                    .into_inner();
+                assert_eq!(
+                    got, expected,
+                    "a read answered with another user, or another state of it"
+                );
+                let unknown = uuid::Uuid::now_v7().to_string();
+                let missing = client.get_user(pb::GetUserRequest { id: unknown }).await;
+                assert_eq!(missing.expect_err("an unknown id").code(), Code::NotFound);
+            }
+        }));
+    }
+    for task in 0..4 {
+        let mut client = app.client.clone();
+        let mine = create(&mut c, user(&format!("writer{task}@example.com"))).await;
+        tasks.push(tokio::spawn(async move {
+            for n in 0..25 {
+                let name = format!("v{n}");
+                let changed = pb::User {
+                    id: mine.id.clone(),
+                    given_name: name.clone(),
+                    ..Default::default()
+                };
+                update(&mut client, changed, &["given_name"]).await.expect("update");
+                let got = client
+                    .get_user(pb::GetUserRequest { id: mine.id.clone() })
+                    .await
+                    .expect("get")
+                    .into_inner();
+                assert_eq!(got.given_name, name, "a read after a write must see it");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a task panicked");
     }
 }
