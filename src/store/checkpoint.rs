@@ -26,8 +26,11 @@ use diesel::sql_types::Integer;
 use super::connection::{ConnectionManager, DatabaseTarget, DbConnection, SqliteSync};
 use super::writer::WriteStats;
 
-/// How often the thread looks for new commits to checkpoint.
-pub const INTERVAL: Duration = Duration::from_millis(100);
+/// How often the thread looks for new commits to checkpoint. A turn's syncs hold up the writer's own (the
+/// device flushes everything queued), for as long as the pages the turn copied take to write: short turns keep
+/// that short. At 2,200 updates/s, UpdateUser's p99 was 10-14 ms with 100 ms turns, 6-7 ms with 25 ms turns, at
+/// the same closed-loop throughput.
+pub const INTERVAL: Duration = Duration::from_millis(25);
 /// A log file larger than this is emptied (TRUNCATE) rather than only copied back (PASSIVE).
 pub const TRUNCATE_ABOVE: u64 = 16 << 20;
 /// How long a TRUNCATE checkpoint waits for readers and the writer; it blocks new writes while it waits, so it
