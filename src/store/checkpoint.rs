@@ -15,6 +15,8 @@
 //! between two batches, so its next batch starts the log over.
 //! Durability is unchanged: a checkpoint only copies committed pages; the commits themselves sync as configured.
 
+use std::fs::File;
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -45,8 +47,8 @@ const CATCH_UP_PASSES: usize = 1;
 /// took it 8-10 ms every turn (UpdateUser's p99), so it is done beside the writer first, leaving SQLite's own
 /// sync only the last pages. Any descriptor of the file flushes its pages; a failure here only leaves the work
 /// to SQLite's sync.
-fn sync_database_file(database: &Path) {
-    if let Err(e) = std::fs::File::open(database).and_then(|file| file.sync_data()) {
+fn sync_database_file(file: Option<&File>) {
+    if let Some(Err(e)) = file.map(File::sync_data) {
         tracing::debug!(error = %e, "syncing the database file ahead of a checkpoint failed");
     }
 }
@@ -79,13 +81,23 @@ pub fn start(
     let mut wal = path.clone().into_os_string();
     wal.push("-wal");
     let wal = PathBuf::from(wal);
+    // The descriptor `sync_database_file` syncs through is opened once and never closed: closing any descriptor of
+    // the file drops every POSIX lock the process holds on it, SQLite's connections' included, which would let
+    // another process take the file as if no one had it open.
+    let database = match File::open(&path) {
+        Ok(file) => Some(ManuallyDrop::new(file)),
+        Err(e) => {
+            tracing::warn!(error = %e, "opening the database file to sync checkpoints failed; SQLite syncs alone");
+            None
+        }
+    };
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
-        .spawn(move || run(&manager, &path, &wal, &stats, &hold))?;
+        .spawn(move || run(&manager, database.as_deref(), &wal, &stats, &hold))?;
     Ok(())
 }
 
-fn run(manager: &ConnectionManager, database: &Path, wal: &Path, stats: &Weak<WriteStats>, hold: &Mutex<()>) {
+fn run(manager: &ConnectionManager, database: Option<&File>, wal: &Path, stats: &Weak<WriteStats>, hold: &Mutex<()>) {
     let mut conn: Option<DbConnection> = None;
     let mut seen = 0;
     // After a checkpoint that could not finish, the next turn tries again even without new commits.
