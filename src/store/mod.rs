@@ -226,7 +226,7 @@ impl Store {
             )
             .map_err(|e| anyhow::anyhow!("starting the checkpoint thread: {e}"))?;
         }
-        let read_group = (!is_sqlite).then(|| read_group::ReadGroup::new(pool.clone()));
+        let read_group = (!is_sqlite).then(|| read_group::ReadGroup::new(pool.clone(), reachable.clone()));
         let feed = feed::Signal::default();
         if let DatabaseTarget::Postgres(url) = &target {
             feed::start_listener(url.clone(), &feed)
@@ -368,12 +368,7 @@ impl Store {
         let Some(group) = &self.read_group else {
             return self.read(move |conn| users::find(conn, id).map_err(read_error)).await;
         };
-        let wait = if self.reachable.load(Ordering::Relaxed) {
-            self.pool.connection_timeout()
-        } else {
-            UNREACHABLE_WAIT
-        };
-        let result = group.find(id, wait).await;
+        let result = group.find(id).await;
         self.track(&result);
         result
     }

@@ -9,8 +9,8 @@
 //! when it starts their statement.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -37,96 +37,165 @@ struct Queue {
 /// The queue of reads by id and the runners that take them.
 pub struct ReadGroup {
     pool: r2d2::Pool<ConnectionManager>,
+    /// The store's view of whether the database answers: a group waits for a connection as a lone read would.
+    reachable: Arc<AtomicBool>,
     queue: Mutex<Queue>,
 }
 
 impl ReadGroup {
-    pub fn new(pool: r2d2::Pool<ConnectionManager>) -> Arc<ReadGroup> {
+    pub fn new(pool: r2d2::Pool<ConnectionManager>, reachable: Arc<AtomicBool>) -> Arc<ReadGroup> {
         Arc::new(ReadGroup {
             pool,
+            reachable,
             queue: Mutex::new(Queue::default()),
         })
     }
 
-    /// The user `id` and its password hash, read in a group with the reads waiting beside it; `wait` bounds
-    /// the wait for a connection.
-    pub async fn find(self: &Arc<Self>, id: Uuid, wait: Duration) -> Result<Option<Stored>, Error> {
+    /// The user `id` and its password hash, read in a group with the reads waiting beside it.
+    pub async fn find(self: &Arc<Self>, id: Uuid) -> Result<Option<Stored>, Error> {
         let (answer, answered) = oneshot::channel();
-        let start = {
-            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let place = {
+            let mut queue = self.lock();
             queue.waiting.push((id, answer));
-            let start = queue.runners < RUNNERS;
-            if start {
+            (queue.runners < RUNNERS).then(|| {
                 queue.runners += 1;
-            }
-            start
+                Place {
+                    group: self.clone(),
+                    given_back: false,
+                }
+            })
         };
-        if start {
-            let group = self.clone();
-            tokio::task::spawn_blocking(move || group.run(wait));
+        // The place travels with the runner: should the runner never run (the runtime shutting down) or end by a
+        // panic, dropping it answers every waiting read rather than leaving it without a runner.
+        if let Some(place) = place {
+            tokio::task::spawn_blocking(move || place.run());
         }
         answered
             .await
             .map_err(|_| Error::internal("a grouped read ended without an answer"))?
     }
 
-    /// Takes the waiting reads, a group at a time, until none is left.
-    fn run(&self, wait: Duration) {
-        let mut place = Place(self, true);
-        loop {
-            let group: Vec<(Uuid, Answer)> = {
-                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                if queue.waiting.is_empty() {
-                    // Under the lock that queued them: a read queued after this starts a runner of its own.
-                    queue.runners -= 1;
-                    place.1 = false;
-                    return;
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One group's statement; every read of the group gets its own row's answer (`None` for an unknown id, an
+    /// error for a row that does not decode, the statement's error for all when it fails).
+    fn answer(&self, group: Vec<(Uuid, Answer)>) {
+        let wait = if self.reachable.load(Ordering::Relaxed) {
+            self.pool.connection_timeout()
+        } else {
+            super::UNREACHABLE_WAIT
+        };
+        let ids: Vec<Uuid> = group.iter().map(|(id, _)| *id).collect();
+        let found = connection::with_connection(&self.pool, wait, |conn| {
+            users::find_many(conn, &ids).map_err(super::read_error)
+        });
+        match found {
+            Ok(rows) => {
+                let rows: HashMap<String, Result<Stored, Error>> = rows
+                    .into_iter()
+                    .map(|(id, row)| (id, row.map_err(super::read_error)))
+                    .collect();
+                for (id, answer) in group {
+                    let _ = answer.send(rows.get(&id.to_string()).cloned().transpose());
                 }
-                let take = queue.waiting.len().min(MAX_GROUP);
-                queue.waiting.drain(..take).collect()
-            };
-            let ids: Vec<Uuid> = group.iter().map(|(id, _)| *id).collect();
-            let found = connection::with_connection(&self.pool, wait, |conn| {
-                users::find_many(conn, &ids).map_err(super::read_error)
-            });
-            match found {
-                Ok(rows) => {
-                    let mut rows: HashMap<Uuid, Stored> = rows.into_iter().map(|row| (row.0.id, row)).collect();
-                    // An id asked twice in one group gets the row twice; the last asker takes the original.
-                    let mut asked: HashMap<Uuid, usize> = HashMap::new();
-                    for (id, _) in &group {
-                        *asked.entry(*id).or_default() += 1;
-                    }
-                    for (id, answer) in group {
-                        let left = asked.get_mut(&id).map(|n| {
-                            *n -= 1;
-                            *n
-                        });
-                        let row = if left == Some(0) {
-                            rows.remove(&id)
-                        } else {
-                            rows.get(&id).cloned()
-                        };
-                        let _ = answer.send(Ok(row));
-                    }
-                }
-                Err(error) => {
-                    for (_, answer) in group {
-                        let _ = answer.send(Err(error.clone()));
-                    }
+            }
+            Err(error) => {
+                for (_, answer) in group {
+                    let _ = answer.send(Err(error.clone()));
                 }
             }
         }
     }
 }
 
-/// A runner's place, given back should the runner end by a panic, so the group cannot run out of runners.
-struct Place<'a>(&'a ReadGroup, bool);
+/// A runner's place among the [`RUNNERS`].
+struct Place {
+    group: Arc<ReadGroup>,
+    given_back: bool,
+}
 
-impl Drop for Place<'_> {
-    fn drop(&mut self) {
-        if self.1 {
-            self.0.queue.lock().unwrap_or_else(|p| p.into_inner()).runners -= 1;
+impl Place {
+    /// Takes the waiting reads, a group at a time, until none is left; then gives the place back.
+    fn run(mut self) {
+        loop {
+            let group: Vec<(Uuid, Answer)> = {
+                let mut queue = self.group.lock();
+                // Reads whose callers have gone (cancelled, timed out) are not read.
+                queue.waiting.retain(|(_, answer)| !answer.is_closed());
+                if queue.waiting.is_empty() {
+                    // Under the lock that queues reads: a read queued after this starts a runner of its own.
+                    queue.runners -= 1;
+                    self.given_back = true;
+                    return;
+                }
+                let take = queue.waiting.len().min(MAX_GROUP);
+                queue.waiting.drain(..take).collect()
+            };
+            self.group.answer(group);
         }
+    }
+}
+
+impl Drop for Place {
+    /// A runner that never ran (the runtime shutting down) or ended by a panic gives its place back here; if it
+    /// was the last, the reads it would have taken are answered with an error rather than left waiting.
+    fn drop(&mut self) {
+        if self.given_back {
+            return;
+        }
+        let abandoned = {
+            let mut queue = self.group.lock();
+            queue.runners -= 1;
+            if queue.runners == 0 {
+                std::mem::take(&mut queue.waiting)
+            } else {
+                Vec::new()
+            }
+        };
+        for (_, answer) in abandoned {
+            let _ = answer.send(Err(Error::Unavailable("the database read was abandoned".into())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::connection::{DatabaseTarget, SqliteSync};
+
+    /// Reads grouped behind a database that never answers each get UNAVAILABLE, none is left waiting, and every
+    /// runner gives its place back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_of_an_unreachable_database_all_fail_and_free_their_runners() {
+        let manager = ConnectionManager {
+            // Nothing listens on port 1.
+            target: DatabaseTarget::Postgres("postgres://postgres@127.0.0.1:1/none".into()),
+            sqlite_sync: SqliteSync::Full,
+            busy_timeout: Duration::from_secs(1),
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(2)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_millis(200))
+            .build_unchecked(manager);
+        let group = ReadGroup::new(pool, Arc::new(AtomicBool::new(false)));
+        let reads: Vec<_> = (0..100)
+            .map(|_| {
+                let group = group.clone();
+                tokio::spawn(async move { group.find(Uuid::now_v7()).await })
+            })
+            .collect();
+        for read in reads {
+            let answer = tokio::time::timeout(Duration::from_secs(30), read)
+                .await
+                .expect("every read is answered")
+                .expect("no read panics");
+            assert!(matches!(answer, Err(Error::Unavailable(_))), "{answer:?}");
+        }
+        assert_eq!(group.lock().runners, 0);
     }
 }

@@ -359,9 +359,10 @@ pub fn find(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<Stored>> {
     find_row(conn, id)?.map(UserRow::into_user).transpose()
 }
 
-/// The users of `ids` that exist, with their password hashes, in no particular order. One statement whatever
-/// the count on PostgreSQL (`id = ANY($1)`, so one prepared statement serves every group).
-pub fn find_many(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<Vec<Stored>> {
+/// The users of `ids` that exist, each by its id with its password hash (or why its row does not decode), in
+/// no particular order. One statement whatever the count on PostgreSQL (`id = ANY($1)`, so one prepared
+/// statement serves every group).
+pub fn find_many(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<Vec<(String, QueryResult<Stored>)>> {
     let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     let rows: Vec<UserRow> = match conn {
         DbConnection::Postgres(pg) => users::table
@@ -373,7 +374,7 @@ pub fn find_many(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<Vec<Store
             .select(UserRow::as_select())
             .load(sqlite)?,
     };
-    rows.into_iter().map(UserRow::into_user).collect()
+    Ok(rows.into_iter().map(|row| (row.id.clone(), row.into_user())).collect())
 }
 
 pub fn user_exists(conn: &mut DbConnection, id: Uuid) -> QueryResult<bool> {
