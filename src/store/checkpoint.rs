@@ -128,10 +128,12 @@ fn run(manager: &ConnectionManager, database: Option<&File>, wal: &Path, stats: 
             },
         };
         let large = std::fs::metadata(wal).is_ok_and(|m| m.len() > TRUNCATE_ABOVE);
-        let mode = if large { "TRUNCATE" } else { "PASSIVE" };
-        let checkpoint = |db: &mut DbConnection| {
-            diesel::sql_query(format!("PRAGMA wal_checkpoint({mode})")).get_result::<Outcome>(db)
+        let (mode, statement) = if large {
+            ("TRUNCATE", "PRAGMA wal_checkpoint(TRUNCATE)")
+        } else {
+            ("PASSIVE", "PRAGMA wal_checkpoint(PASSIVE)")
         };
+        let checkpoint = |db: &mut DbConnection| diesel::sql_query(statement).get_result::<Outcome>(db);
         let done = checkpoint(db).and_then(|mut outcome| {
             // Each pass beside the writer copies what it appended during the last; then the short tail is
             // copied with the writer stopped between batches (see the module comment).
@@ -140,7 +142,7 @@ fn run(manager: &ConnectionManager, database: Option<&File>, wal: &Path, stats: 
                     break;
                 }
                 sync_database_file(database);
-                let seen = outcome.log;
+                let frames_before = outcome.log;
                 outcome = if pass == CATCH_UP_PASSES {
                     let _writer = hold.lock().unwrap_or_else(|p| p.into_inner());
                     checkpoint(db)?
@@ -148,7 +150,7 @@ fn run(manager: &ConnectionManager, database: Option<&File>, wal: &Path, stats: 
                     checkpoint(db)?
                 };
                 // Nothing appended since the last pass, which therefore copied the whole log (and synced it).
-                if outcome.log == seen {
+                if outcome.log == frames_before {
                     break;
                 }
             }

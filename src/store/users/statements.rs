@@ -281,7 +281,8 @@ fixed_statement! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::user::{User, UserFields, to_stored_precision};
+    use crate::domain::change::{self, PasswordInput};
+    use crate::domain::user::{UserFields, to_stored_precision};
     use chrono::Utc;
 
     /// The columns a statement assigns, in its order, read from its SQL text.
@@ -303,24 +304,18 @@ mod tests {
     /// every column exactly once: a column missing from both would never be written.
     #[test]
     fn sqlites_two_updates_assign_every_column_once() {
-        let now = to_stored_precision(Utc::now());
-        let user = User {
-            id: uuid::Uuid::now_v7(),
-            fields: UserFields {
-                email: "a@example.com".into(),
-                ..Default::default()
-            },
-            email_verified: false,
-            disabled: false,
-            disabled_reason: String::new(),
-            has_password: false,
-            create_time: now,
-            update_time: now,
-            delete_time: None,
-            purge_time: None,
-            last_login_time: None,
-            revision: 1,
+        let fields = UserFields {
+            email: "a@example.com".into(),
+            ..Default::default()
         };
+        let draft = change::create(
+            uuid::Uuid::now_v7(),
+            fields,
+            PasswordInput::Absent,
+            to_stored_precision(Utc::now()),
+        )
+        .expect("a valid user");
+        let user = draft.user;
         let row = UserRow::from_user(&user, None).expect("a row");
         let every = assigned(&diesel::debug_query::<Sqlite, _>(&UpdateUser(&row)).to_string());
         let keys = assigned(&diesel::debug_query::<Sqlite, _>(&UpdateUserKeys(&row)).to_string());
