@@ -24,6 +24,17 @@ pub enum PasswordWrite {
     Clear,
 }
 
+impl PasswordWrite {
+    /// The hash a user has once the write is stored, given the one it had.
+    pub fn apply(self, stored_hash: Option<String>) -> Option<String> {
+        match self {
+            PasswordWrite::Keep => stored_hash,
+            PasswordWrite::Set(hash) => Some(hash),
+            PasswordWrite::Clear => None,
+        }
+    }
+}
+
 /// A password as it arrives with a write: absent, rejected by the policy (its violations), or already hashed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PasswordInput {

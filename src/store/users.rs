@@ -14,7 +14,6 @@ use super::schema::{
     unknown_sign_ins, user_labels, user_revisions, user_roles, user_sign_ins, user_verification_codes,
     user_verifications, users,
 };
-use crate::domain::change::PasswordWrite;
 use crate::domain::command::Outcome;
 use crate::domain::event::EventKind;
 use crate::domain::field_table::user_field_table;
@@ -27,7 +26,8 @@ use crate::domain::user::{Membership, State, User, UserFields};
 mod statements;
 
 use statements::{
-    InsertRevision, InsertRevisionWithEvent, InsertUser, TouchUser, UpdateUser, UpdateUserKeys, UpdateUserWithRevision,
+    GuardedUpdate, InsertRevision, InsertRevisionWithEvent, InsertUser, TouchUser, UpdateUser, UpdateUserIfRevision,
+    UpdateUserKeys, UpdateUserWithRevision,
 };
 
 /// Runs `$body` with `$c` bound to the backend's own connection. Through the multi-backend connection diesel
@@ -425,12 +425,7 @@ pub fn save(
             Ok(user)
         }
         Outcome::Changed { user, password, diff } => {
-            let hash = match password {
-                PasswordWrite::Keep => stored_hash,
-                PasswordWrite::Set(hash) => Some(hash),
-                PasswordWrite::Clear => None,
-            };
-            let row = UserRow::from_user(&user, hash)?;
+            let row = UserRow::from_user(&user, password.apply(stored_hash))?;
             super::verification::void_codes_on_email_change(conn, stored, &user)?;
             let before = stored.map(|u| &u.fields);
             write_labels(
@@ -454,6 +449,48 @@ pub fn save(
             Ok(user)
         }
     }
+}
+
+/// PostgreSQL: stores what a command decided on `stored` (its row and hash, read without a lock) in one
+/// statement, outside a transaction, if nothing else wrote the user since it was read
+/// ([`statements::UpdateUserIfRevision`]). `None` when nothing was written: another writer got there first, or
+/// the outcome needs more than the row, its revision and its event (index rows, voided codes, a new row), or
+/// the backend is SQLite; the caller then writes in a transaction, under the user's lock. An unchanged user is
+/// written nowhere and is the answer.
+pub fn save_unless_changed(
+    conn: &mut DbConnection,
+    actor: &str,
+    stored: Stored,
+    outcome: Outcome,
+    kind: EventKind,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<User>> {
+    let (before, stored_hash) = stored;
+    let (user, password, diff) = match outcome {
+        Outcome::Unchanged(user) => return Ok(Some(user)),
+        Outcome::Changed { user, password, diff }
+            if user.fields.labels == before.fields.labels
+                && user.fields.roles == before.fields.roles
+                && user.fields.email == before.fields.email =>
+        {
+            (user, password, diff)
+        }
+        Outcome::Changed { .. } | Outcome::Created { .. } => return Ok(None),
+    };
+    let DbConnection::Postgres(pg) = conn else {
+        return Ok(None);
+    };
+    let row = UserRow::from_user(&user, password.apply(stored_hash))?;
+    let (revision, event) = change_rows(&user, actor, diff, kind, now)?;
+    let written = UpdateUserIfRevision(GuardedUpdate {
+        row: &row,
+        read_revision: before.revision,
+        lock_key: user_lock_key(&user.id),
+        revision: &revision,
+        event: &event,
+    })
+    .execute(pg)?;
+    Ok((written == 1).then_some(user))
 }
 
 /// Brings the label index rows from `old` to `new`, touching only keys that changed. Rows go one by one:
@@ -529,16 +566,7 @@ fn write_change(
     kind: EventKind,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
-    let revision = revision_row(user, actor, diff, now)?;
-    let event = super::feed::NewEvent {
-        user_id: revision.user_id.clone(),
-        revision: revision.revision,
-        event_type: kind.name().to_owned(),
-        actor: revision.actor.clone(),
-        update_mask: revision.update_mask.clone(),
-        create_time: revision.create_time,
-        snapshot: Some(snapshot(user)?),
-    };
+    let (revision, event) = change_rows(user, actor, diff, kind, now)?;
     match conn {
         DbConnection::Postgres(pg) => match updated {
             Some(updated) => UpdateUserWithRevision((updated.row, &revision, &event)).execute(pg)?,
@@ -558,6 +586,27 @@ fn write_change(
         }
     };
     Ok(())
+}
+
+/// The revision record of a change of `user` and its feed event.
+fn change_rows(
+    user: &User,
+    actor: &str,
+    diff: revision::Diff,
+    kind: EventKind,
+    now: DateTime<Utc>,
+) -> QueryResult<(RevisionRow, super::feed::NewEvent)> {
+    let revision = revision_row(user, actor, diff, now)?;
+    let event = super::feed::NewEvent {
+        user_id: revision.user_id.clone(),
+        revision: revision.revision,
+        event_type: kind.name().to_owned(),
+        actor: revision.actor.clone(),
+        update_mask: revision.update_mask.clone(),
+        create_time: revision.create_time,
+        snapshot: Some(snapshot(user)?),
+    };
+    Ok((revision, event))
 }
 
 /// The revision record of a write of `user` (written by [`InsertRevision`]).

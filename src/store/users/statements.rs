@@ -147,13 +147,21 @@ macro_rules! push_update_user {
     };
 }
 
-/// Pushes the `INSERT` of the revision record `$row`.
+/// Pushes the `INSERT` of the revision record `$row`: its values as `VALUES (…)`, or with `from` as
+/// `SELECT … FROM <from>`, one row for each row of `from`.
 macro_rules! push_insert_revision {
     ($out:ident, $row:ident) => {
+        push_insert_revision!($out, $row, " VALUES (", ")");
+    };
+    ($out:ident, $row:ident from $from:literal) => {
+        push_insert_revision!($out, $row, " SELECT ", concat!(" FROM ", $from));
+    };
+    ($out:ident, $row:ident, $open:expr, $close:expr) => {
         $out.push_sql(
             "INSERT INTO user_revisions (user_id, revision, actor, update_mask, create_time, before_values, \
-             after_values) VALUES (",
+             after_values)",
         );
+        $out.push_sql($open);
         $out.push_bind_param::<Text, _>(&$row.user_id)?;
         $out.push_sql(", ");
         $out.push_bind_param::<BigInt, _>(&$row.revision)?;
@@ -167,17 +175,24 @@ macro_rules! push_insert_revision {
         $out.push_bind_param::<Text, _>(&$row.before_values)?;
         $out.push_sql(", ");
         $out.push_bind_param::<Text, _>(&$row.after_values)?;
-        $out.push_sql(")");
+        $out.push_sql($close);
     };
 }
 
-/// Pushes the `INSERT` of the feed event `$event` (its `seq` and `txid` come from the column defaults).
+/// Pushes the `INSERT` of the feed event `$event` (its `seq` and `txid` come from the column defaults), as
+/// `VALUES (…)` or `SELECT … FROM <from>` (see [`push_insert_revision`]).
 macro_rules! push_insert_event {
     ($out:ident, $event:ident) => {
+        push_insert_event!($out, $event, " VALUES (", ")");
+    };
+    ($out:ident, $event:ident from $from:literal) => {
+        push_insert_event!($out, $event, " SELECT ", concat!(" FROM ", $from));
+    };
+    ($out:ident, $event:ident, $open:expr, $close:expr) => {
         $out.push_sql(
-            "INSERT INTO user_events (user_id, revision, event_type, actor, update_mask, create_time, snapshot) \
-             VALUES (",
+            "INSERT INTO user_events (user_id, revision, event_type, actor, update_mask, create_time, snapshot)",
         );
+        $out.push_sql($open);
         $out.push_bind_param::<Text, _>(&$event.user_id)?;
         $out.push_sql(", ");
         $out.push_bind_param::<BigInt, _>(&$event.revision)?;
@@ -191,7 +206,7 @@ macro_rules! push_insert_event {
         $out.push_bind_param::<Timestamp, _>(&$event.create_time)?;
         $out.push_sql(", ");
         $out.push_bind_param::<Nullable<Text>, _>(&$event.snapshot)?;
-        $out.push_sql(")");
+        $out.push_sql($close);
     };
 }
 
@@ -275,6 +290,42 @@ fixed_statement! {
         push_insert_revision!(out, revision);
         out.push_sql(") ");
         push_insert_event!(out, event);
+    }
+}
+
+/// What [`UpdateUserIfRevision`] writes: the user's row as an update decided it, the revision it was decided
+/// on, the user's advisory lock key (`users::user_lock_key`), the revision record and the feed event.
+pub struct GuardedUpdate<'a> {
+    pub row: &'a UserRow,
+    pub read_revision: i64,
+    pub lock_key: i64,
+    pub revision: &'a RevisionRow,
+    pub event: &'a NewEvent,
+}
+
+fixed_statement! {
+    /// PostgreSQL, outside a transaction: [`UpdateUserWithRevision`] of a row read without a lock, written only
+    /// if the row is still at the revision the update was decided on. Two round trips (the read, this) instead
+    /// of four (BEGIN, lock and read, write, COMMIT). It affects one row if it wrote, none if another writer
+    /// got there first (the caller decides again, under the lock).
+    ///
+    /// The user's advisory lock is taken first, as every writer takes it (`users::lock_rows`): an uncorrelated
+    /// sub-select is a one-time filter, evaluated before the scan, so before this statement's transaction has
+    /// an id. A concurrent writer that commits while this one waits (for the advisory or the row lock) changed
+    /// the revision: PostgreSQL evaluates the condition again on the row's newest version and skips it. The
+    /// inserts read `updated_user`, so they add nothing when the update matched nothing.
+    UpdateUserIfRevision<'a>(GuardedUpdate<'a>) for [Pg], |this, out| {
+        let GuardedUpdate { row, read_revision, lock_key, revision, event } = &this.0;
+        out.push_sql("WITH updated_user AS (");
+        push_update_user!(out, row, NO_COLUMNS);
+        out.push_sql(" AND revision = ");
+        out.push_bind_param::<BigInt, _>(read_revision)?;
+        out.push_sql(" AND (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(");
+        out.push_bind_param::<BigInt, _>(lock_key)?;
+        out.push_sql(")) AS user_lock) >= 0 RETURNING id), revision AS (");
+        push_insert_revision!(out, revision from "updated_user");
+        out.push_sql(") ");
+        push_insert_event!(out, event from "updated_user");
     }
 }
 
