@@ -126,8 +126,10 @@ pub fn string_field(descriptor: &MessageDescriptor, bytes: &[u8], name: &str) ->
 struct FieldPlan {
     descriptor: FieldDescriptor,
     number: u32,
-    /// `"jsonName":`, escaped once.
+    /// `,"jsonName":`, escaped once; the first field written drops the comma.
     key: Vec<u8>,
+    /// `,"jsonName":<default_json>`: what an absent field without presence writes, in one copy.
+    key_and_default: Vec<u8>,
     role: Role,
     kind: Kind,
     list: bool,
@@ -158,7 +160,16 @@ struct Plan {
     fields: Vec<FieldPlan>,
     /// (field number, index in `fields`), sorted by number.
     by_number: Vec<(u32, usize)>,
+    /// The index in `fields` of each field number below [`DENSE_NUMBERS`] up to the largest such number
+    /// (`NO_FIELD` where there is none), so the common case is one load instead of a search; numbers past its
+    /// end are searched in `by_number`.
+    dense: Vec<u16>,
 }
+
+/// Field numbers looked up through `Plan::dense`; larger ones are searched in `by_number`.
+const DENSE_NUMBERS: u32 = 256;
+/// `Plan::dense` where no field has the number.
+const NO_FIELD: u16 = u16::MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Special {
@@ -175,6 +186,7 @@ impl Plan {
             special: Special::WellKnown,
             fields: Vec::new(),
             by_number: Vec::new(),
+            dense: Vec::new(),
         }
     }
 
@@ -189,16 +201,19 @@ impl Plan {
         let fields: Vec<FieldPlan> = message
             .fields()
             .map(|field| {
-                let mut key = serde_json::to_vec(field.json_name()).unwrap_or_default();
+                let mut key = vec![b','];
+                write_str(&mut key, field.json_name());
                 key.push(b':');
                 let presence = field.supports_presence();
                 let mut default_json = Vec::new();
                 if !presence && json::write_field_json(&mut default_json, &field.default_value(), &field).is_err() {
                     default_json = b"null".to_vec();
                 }
+                let key_and_default = [key.as_slice(), &default_json].concat();
                 FieldPlan {
                     number: field.number(),
                     key,
+                    key_and_default,
                     role: json::role_of(&field),
                     kind: field.kind(),
                     list: field.is_list(),
@@ -216,15 +231,35 @@ impl Plan {
             .collect();
         let mut by_number: Vec<(u32, usize)> = fields.iter().enumerate().map(|(i, f)| (f.number, i)).collect();
         by_number.sort_unstable();
+        let mut dense = Vec::new();
+        for &(number, index) in by_number.iter().filter(|&&(number, _)| number < DENSE_NUMBERS) {
+            // A message of that many fields keeps to the search.
+            let (Ok(number), Ok(index)) = (usize::try_from(number), u16::try_from(index)) else {
+                dense.clear();
+                break;
+            };
+            if index == NO_FIELD {
+                dense.clear();
+                break;
+            }
+            if dense.len() <= number {
+                dense.resize(number + 1, NO_FIELD);
+            }
+            dense[number] = index;
+        }
         Plan {
             descriptor: Some(message.clone()),
             special,
             fields,
             by_number,
+            dense,
         }
     }
 
     fn index_of(&self, number: u32) -> Option<usize> {
+        if let Some(&index) = usize::try_from(number).ok().and_then(|n| self.dense.get(n)) {
+            return (index != NO_FIELD).then_some(usize::from(index));
+        }
         self.by_number
             .binary_search_by_key(&number, |&(n, _)| n)
             .ok()
@@ -375,14 +410,13 @@ fn write_message(out: &mut Vec<u8>, plan: &Plan, bytes: &[u8], depth: usize) -> 
         if field.presence && values.is_empty() {
             continue;
         }
-        if !first {
-            out.push(b',');
-        }
+        // The first field written drops the comma its key starts with.
+        let skip = usize::from(first);
         first = false;
-        out.extend_from_slice(&field.key);
         if values.is_empty() {
-            out.extend_from_slice(&field.default_json);
+            out.extend_from_slice(&field.key_and_default[skip..]);
         } else {
+            out.extend_from_slice(&field.key[skip..]);
             write_value(out, field, values, depth)?;
         }
     }
