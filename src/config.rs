@@ -75,8 +75,9 @@ pub struct DatabaseConfig {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://./data/users.db")]
     pub database_url: String,
 
-    /// Most pooled database connections. PostgreSQL serves concurrent writes on separate connections; SQLite
-    /// uses them for concurrent reads (writes are queued to one at a time, on one more connection of their own).
+    /// Most pooled database connections. PostgreSQL serves concurrent writes on separate connections and, from
+    /// 8 on, keeps a quarter of them (at least 3) for reads, so reads never queue behind writes; SQLite uses them
+    /// for concurrent reads (writes are queued to one at a time, on one more connection of their own).
     #[arg(long, env = "USER_SERVICE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 

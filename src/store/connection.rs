@@ -62,7 +62,7 @@ impl DatabaseTarget {
 }
 
 /// Opens connections for the pool, configured for their backend.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConnectionManager {
     pub target: DatabaseTarget,
     pub sqlite_sync: SqliteSync,

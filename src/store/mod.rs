@@ -46,6 +46,22 @@ const UNREACHABLE_WAIT: Duration = Duration::from_millis(250);
 const INLINE_READERS: u32 = 4;
 /// How long a health check waits for a connection: a database that takes longer is reported down.
 const PING_WAIT: Duration = Duration::from_millis(1000);
+/// PostgreSQL pools at least this large keep a share of their connections for reads (see [`read_share`]).
+const SPLIT_FROM: u32 = 8;
+/// The fewest connections kept for reads: the read group's runners and one for a list or a feed page.
+const MIN_READERS: u32 = read_group::RUNNERS as u32 + 1;
+
+/// How many of a PostgreSQL pool's `pool_size` connections are kept for reads (0: reads and writes share
+/// one pool). Without a share of their own, reads queue for a connection behind every write in flight: 128
+/// concurrent updates on a pool of 32 kept a GetUser waiting seconds. A quarter is enough on two cores, where
+/// 8 concurrent statements already keep the server busy, and the total stays what the operator set.
+fn read_share(pool_size: u32) -> u32 {
+    if pool_size < SPLIT_FROM {
+        0
+    } else {
+        (pool_size / 4).max(MIN_READERS)
+    }
+}
 
 /// How to open the store.
 #[derive(Debug, Clone)]
@@ -62,7 +78,11 @@ pub struct StoreOptions {
 /// The database, shared by every request.
 #[derive(Clone)]
 pub struct Store {
+    /// Connections for writes; on SQLite, and on a small PostgreSQL pool, for reads too.
     pool: r2d2::Pool<ConnectionManager>,
+    /// Connections for reads (see [`read_share`]): on a PostgreSQL pool that is split, reads never wait for a
+    /// connection behind writes. Otherwise the same pool as `pool`.
+    readers: r2d2::Pool<ConnectionManager>,
     /// Whether the database answered last time: while it does not, calls wait only briefly for a connection,
     /// so they fail fast with UNAVAILABLE instead of each waiting the full time-out.
     reachable: Arc<AtomicBool>,
@@ -167,15 +187,24 @@ impl Store {
             .map_err(|e| anyhow::anyhow!("connecting to the database: {e}"))?;
         connection::run_migrations(&mut conn)?;
         drop(conn);
-        let pool = r2d2::Pool::builder()
-            .max_size(options.pool_size.max(1))
-            // Checked in `with_connection` instead, only after idling: a check on every checkout costs
-            // PostgreSQL a round trip per call.
-            .test_on_check_out(false)
-            .min_idle(Some(1))
-            .connection_timeout(options.acquire_timeout)
-            .build(manager)
-            .map_err(|e| anyhow::anyhow!("opening the connection pool: {e}"))?;
+        let read_share = if is_sqlite { 0 } else { read_share(options.pool_size) };
+        let open_pool = |size: u32| {
+            r2d2::Pool::builder()
+                .max_size(size.max(1))
+                // Checked in `with_connection` instead, only after idling: a check on every checkout costs
+                // PostgreSQL a round trip per call.
+                .test_on_check_out(false)
+                .min_idle(Some(1))
+                .connection_timeout(options.acquire_timeout)
+                .build(manager.clone())
+                .map_err(|e| anyhow::anyhow!("opening the connection pool: {e}"))
+        };
+        let pool = open_pool(options.pool_size - read_share)?;
+        let readers = if read_share == 0 {
+            pool.clone()
+        } else {
+            open_pool(read_share)?
+        };
         let reachable = Arc::new(AtomicBool::new(true));
         let inline_readers = if is_sqlite {
             let manager = ConnectionManager {
@@ -226,7 +255,7 @@ impl Store {
             )
             .map_err(|e| anyhow::anyhow!("starting the checkpoint thread: {e}"))?;
         }
-        let read_group = (!is_sqlite).then(|| read_group::ReadGroup::new(pool.clone(), reachable.clone()));
+        let read_group = (!is_sqlite).then(|| read_group::ReadGroup::new(readers.clone(), reachable.clone()));
         let feed = feed::Signal::default();
         if let DatabaseTarget::Postgres(url) = &target {
             feed::start_listener(url.clone(), &feed)
@@ -234,6 +263,7 @@ impl Store {
         }
         Ok(Store {
             pool,
+            readers,
             reachable,
             writer,
             inline_readers,
@@ -264,22 +294,32 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, Error> + Send + 'static,
     {
-        let wait = if self.reachable.load(Ordering::Relaxed) {
-            None
-        } else {
-            Some(UNREACHABLE_WAIT)
-        };
-        self.run_waiting(wait, f).await
+        self.run_on(&self.pool, self.wait(), f).await
     }
 
-    /// [`Store::run`] waiting at most `wait` for a connection (the pool's time-out when `None`), and keeping
-    /// track of whether the database answers.
-    async fn run_waiting<T, F>(&self, wait: Option<Duration>, f: F) -> Result<T, Error>
+    /// [`Store::run`] for a call that only reads, on a connection kept for reads (see [`read_share`]).
+    async fn run_read<T, F>(&self, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, Error> + Send + 'static,
     {
-        let pool = self.pool.clone();
+        self.run_on(&self.readers, self.wait(), f).await
+    }
+
+    /// How long a call waits for a connection: briefly while the database is known to be unreachable, the
+    /// pool's time-out (`None`) otherwise.
+    fn wait(&self) -> Option<Duration> {
+        (!self.reachable.load(Ordering::Relaxed)).then_some(UNREACHABLE_WAIT)
+    }
+
+    /// Runs `f` on a connection of `pool`, waiting at most `wait` for one (the pool's time-out when `None`),
+    /// and keeps track of whether the database answers.
+    async fn run_on<T, F>(&self, pool: &r2d2::Pool<ConnectionManager>, wait: Option<Duration>, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, Error> + Send + 'static,
+    {
+        let pool = pool.clone();
         let wait = wait.unwrap_or_else(|| pool.connection_timeout());
         let result = tokio::task::spawn_blocking(move || connection::with_connection(&pool, wait, f))
             .await
@@ -306,7 +346,7 @@ impl Store {
                 result => return result,
             }
         }
-        self.run(f).await
+        self.run_read(f).await
     }
 
     /// Remembers whether the database answered a call.
@@ -351,7 +391,7 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
-        self.run_waiting(Some(PING_WAIT), |conn| {
+        self.run_on(&self.pool, Some(PING_WAIT), |conn| {
             diesel::connection::SimpleConnection::batch_execute(conn, "SELECT 1").map_err(db_error)
         })
         .await
@@ -421,19 +461,19 @@ impl Store {
 
     /// Users whose e-mail or username (compared case-insensitively) is the given one.
     pub async fn lookup(&self, email: Option<String>, username: Option<String>) -> Result<Vec<User>, Error> {
-        self.run(move |conn| users::lookup(conn, email, username).map_err(read_error))
+        self.run_read(move |conn| users::lookup(conn, email, username).map_err(read_error))
             .await
     }
 
     /// One page of users; the query's `limit` is the number of rows returned at most.
     pub async fn list(&self, query: ListQuery) -> Result<Vec<User>, Error> {
-        self.run(move |conn| users::list(conn, &query).map_err(read_error))
+        self.run_read(move |conn| users::list(conn, &query).map_err(read_error))
             .await
     }
 
     /// Revisions of a user, newest first, older than `before` when given; NOT_FOUND for an unknown user.
     pub async fn revisions(&self, id: Uuid, before: Option<i64>, limit: i64) -> Result<Vec<Revision>, Error> {
-        self.run(move |conn| {
+        self.run_read(move |conn| {
             if !users::user_exists(conn, id).map_err(read_error)? {
                 return Err(Error::not_found(id));
             }
@@ -463,14 +503,14 @@ impl Store {
 
     /// The change feed's head: the position after every change committed so far.
     pub async fn feed_head(&self) -> Result<Position, Error> {
-        self.run(|conn| feed::head(conn).map_err(read_error)).await
+        self.run_read(|conn| feed::head(conn).map_err(read_error)).await
     }
 
     /// Up to `limit` events after `after`, in feed order, the position the read covered, and whether committed
     /// events wait above the visibility horizon (see `feed`).
     pub async fn feed_after(&self, reader: FeedReader, after: Position, limit: i64) -> Result<feed::Page, Error> {
         self.feed_reads[reader as usize].fetch_add(1, Ordering::Relaxed);
-        self.run(move |conn| feed::read_after(conn, after, limit).map_err(read_error))
+        self.run_read(move |conn| feed::read_after(conn, after, limit).map_err(read_error))
             .await
     }
 
@@ -702,7 +742,8 @@ impl Store {
 
     /// The queue's counts, for the metrics.
     pub async fn mail_stats(&self) -> Result<OutboxStats, Error> {
-        self.run(|conn| verification::stats(conn).map_err(read_error)).await
+        self.run_read(|conn| verification::stats(conn).map_err(read_error))
+            .await
     }
 }
 

@@ -6,7 +6,7 @@ use tonic::Code;
 use user_service::pb;
 
 use crate::backend_tests;
-use crate::support::{TestApp, create, mask, reason, update, user};
+use crate::support::{RawConnection, TestApp, create, mask, reason, update, user};
 
 backend_tests!(
     concurrent_label_updates_all_land,
@@ -15,6 +15,17 @@ backend_tests!(
     concurrent_creates_with_one_email_have_one_winner,
     concurrent_reads_each_get_their_own_user
 );
+
+backend_tests!(
+    configure = short_connection_wait;
+    reads_answer_while_writes_take_every_write_connection
+);
+
+/// A call that finds no free connection fails after a second, so a read queued behind the writes would fail
+/// within the test rather than wait for them.
+fn short_connection_wait(config: &mut user_service::config::ServeConfig) {
+    config.database.db_timeout = std::time::Duration::from_secs(1);
+}
 
 const TASKS: usize = 16;
 const UPDATES_PER_TASK: usize = 50;
@@ -172,37 +183,56 @@ async fn hold_and_write<F: std::future::Future<Output = ()>>(
     statements: &str,
     release: impl FnOnce(Option<i32>) -> F,
 ) {
-    use diesel::connection::SimpleConnection;
-    use diesel::{Connection, RunQueryDsl};
-    match app.database_url.strip_prefix("sqlite://") {
-        Some(path) => {
-            let mut conn = diesel::SqliteConnection::establish(path).expect("open the database file");
-            conn.batch_execute("BEGIN IMMEDIATE").expect("write lock");
-            release(None).await;
-            conn.batch_execute(&format!("{statements}; COMMIT")).expect("write");
+    use diesel::RunQueryDsl;
+    let mut conn = app.raw_connection();
+    let pid = match &mut conn {
+        RawConnection::Sqlite(_) => {
+            conn.batch("BEGIN IMMEDIATE");
+            None
         }
-        None => {
-            let mut conn = diesel::PgConnection::establish(&app.database_url).expect("connect");
-            conn.batch_execute(&format!("BEGIN; SELECT 1 FROM users WHERE id = '{id}' FOR UPDATE"))
-                .expect("row lock");
+        RawConnection::Postgres(pg) => {
             let pid = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("pg_backend_pid()"))
-                .get_result::<i32>(&mut conn)
+                .get_result::<i32>(pg)
                 .expect("backend pid");
-            release(Some(pid)).await;
-            conn.batch_execute(&format!("{statements}; COMMIT")).expect("write");
+            conn.batch(&format!("BEGIN; SELECT 1 FROM users WHERE id = '{id}' FOR UPDATE"));
+            Some(pid)
         }
-    }
+    };
+    release(pid).await;
+    conn.batch(&format!("{statements}; COMMIT"));
 }
 
-/// Whether some PostgreSQL connection waits for a lock the backend `pid` holds.
-fn someone_waits_for(app: &TestApp, pid: i32) -> bool {
-    use diesel::{Connection, RunQueryDsl};
-    let mut conn = diesel::PgConnection::establish(&app.database_url).expect("connect");
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-        "EXISTS (SELECT 1 FROM pg_stat_activity WHERE {pid} = ANY (pg_blocking_pids(pid)))"
+/// How many PostgreSQL connections wait, directly or behind another waiter, for a lock the backend `pid`
+/// holds (updates of one user queue on its advisory lock behind the one that waits for the row).
+fn waiting_for(app: &TestApp, pid: i32) -> i64 {
+    use diesel::RunQueryDsl;
+    let RawConnection::Postgres(mut conn) = app.raw_connection() else {
+        unreachable!("only PostgreSQL has backends to wait for")
+    };
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+        "(WITH RECURSIVE waiting(pid) AS (
+            SELECT pid FROM pg_stat_activity WHERE {pid} = ANY (pg_blocking_pids(pid))
+            UNION SELECT a.pid FROM pg_stat_activity a, waiting w WHERE w.pid = ANY (pg_blocking_pids(a.pid))
+        ) SELECT count(*) FROM waiting)"
     )))
     .get_result(&mut conn)
     .expect("pg_stat_activity")
+}
+
+/// Returns once at least `count` service connections wait for the PostgreSQL backend `pid` (see
+/// [`hold_and_write`]); on SQLite, whose writer waits on its busy time-out that no view shows, after a while.
+async fn until_waiting(app: &TestApp, pid: Option<i32>, count: i64) {
+    let Some(pid) = pid else {
+        return tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiting_for(app, pid) < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the updates never waited for the row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Another writer holds the user and changes a field while an update waits for it: the update is decided again
@@ -227,20 +257,7 @@ async fn an_update_that_waits_for_another_writer_keeps_that_writers_change(app: 
         let app = &app;
         async move {
             started.send(()).expect("updater waits");
-            match pid {
-                Some(pid) => {
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                    while !someone_waits_for(app, pid) {
-                        assert!(
-                            std::time::Instant::now() < deadline,
-                            "the update never waited for the row"
-                        );
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    }
-                }
-                // SQLite's writer waits on its busy time-out, which no view shows.
-                None => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
-            }
+            until_waiting(app, pid, 1).await;
         }
     };
     let theirs = format!(
@@ -260,6 +277,81 @@ async fn an_update_that_waits_for_another_writer_keeps_that_writers_change(app: 
         .expect("get")
         .into_inner();
     assert_eq!(stored, after);
+}
+
+/// As many updates as the pool has connections wait for one user that another session holds: on PostgreSQL
+/// each holds a connection while it waits. Reads of another user, a list, and the user's revisions still
+/// answer (on connections kept for reads), and once the holder lets go, every update that got a connection
+/// lands.
+async fn reads_answer_while_writes_take_every_write_connection(app: TestApp) {
+    const WRITERS: usize = 8; // the test server's whole pool
+    let mut c = app.client.clone();
+    let held = create(&mut c, user("held@example.com")).await;
+    let other = create(&mut c, user("other@example.com")).await;
+    let (started, waiting) = tokio::sync::watch::channel(false);
+    let mut writers = Vec::new();
+    for n in 0..WRITERS {
+        let mut client = app.new_client().await;
+        let mut waiting = waiting.clone();
+        let change = pb::User {
+            id: held.id.clone(),
+            given_name: format!("writer {n}"),
+            ..Default::default()
+        };
+        writers.push(tokio::spawn(async move {
+            let _ = waiting.wait_for(|go| *go).await;
+            update(&mut client, change, &["given_name"]).await
+        }));
+    }
+    let reader = app.client.clone();
+    let other_id = other.id.clone();
+    let release = |pid: Option<i32>| {
+        let app = &app;
+        async move {
+            started.send(true).expect("writers wait");
+            // Five of the eight take the pool's five write connections and wait for the row; the rest wait
+            // for a connection.
+            until_waiting(app, pid, 5).await;
+            let mut reader = reader;
+            let got = reader
+                .get_user(pb::GetUserRequest { id: other_id.clone() })
+                .await
+                .expect("a read of another user answers while writes wait");
+            assert_eq!(got.into_inner().email, "other@example.com");
+            let page = reader
+                .list_users(pb::ListUsersRequest {
+                    page_size: 10,
+                    ..Default::default()
+                })
+                .await
+                .expect("a list answers while writes wait");
+            assert_eq!(page.into_inner().users.len(), 2);
+            let revisions = reader
+                .list_user_revisions(pb::ListUserRevisionsRequest {
+                    id: other_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("revisions answer while writes wait");
+            assert_eq!(revisions.into_inner().revisions.len(), 1);
+        }
+    };
+    hold_and_write(&app, &held.id, "SELECT 1", release).await;
+    let mut landed = 0;
+    for writer in writers {
+        match writer.await.expect("task") {
+            Ok(_) => landed += 1,
+            // A writer that found no connection within the second waited behind the others.
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        }
+    }
+    let stored = c
+        .get_user(pb::GetUserRequest { id: held.id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(landed >= 1, "some update lands once the row is free");
+    assert_eq!(stored.revision, 1 + landed, "every acknowledged update counted once");
 }
 
 /// Two creates race for one e-mail address, many times: exactly one wins each round, the other is told why.

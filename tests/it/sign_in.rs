@@ -517,17 +517,7 @@ async fn rest_verifies_with_the_same_rules(app: TestApp) {
 
 /// Runs one statement on the server's database, beside it; returns the rows it changed.
 fn execute(app: &TestApp, statement: &str) -> usize {
-    use diesel::{Connection, RunQueryDsl};
-    match app.database_url.strip_prefix("sqlite://") {
-        Some(path) => {
-            let mut conn = diesel::SqliteConnection::establish(path).expect("open the database file");
-            diesel::sql_query(statement).execute(&mut conn).expect("statement")
-        }
-        None => {
-            let mut conn = diesel::PgConnection::establish(&app.database_url).expect("connect");
-            diesel::sql_query(statement).execute(&mut conn).expect("statement")
-        }
-    }
+    app.raw_connection().execute(statement)
 }
 
 async fn a_weaker_hash_is_rehashed_on_success(app: TestApp) {

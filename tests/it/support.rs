@@ -270,6 +270,44 @@ impl TestApp {
             server.await.expect("server task");
         }
     }
+
+    /// A connection of the test's own to the server's database, beside the server.
+    pub fn raw_connection(&self) -> RawConnection {
+        match self.database_url.strip_prefix("sqlite://") {
+            Some(path) => {
+                RawConnection::Sqlite(diesel::SqliteConnection::establish(path).expect("open the database file"))
+            }
+            None => RawConnection::Postgres(diesel::PgConnection::establish(&self.database_url).expect("connect")),
+        }
+    }
+}
+
+/// A test's own connection to the server's database: for a test that holds a lock or changes a row behind
+/// the service's back.
+pub enum RawConnection {
+    Sqlite(diesel::SqliteConnection),
+    Postgres(diesel::PgConnection),
+}
+
+impl RawConnection {
+    /// Runs `;`-separated statements for their effect.
+    pub fn batch(&mut self, statements: &str) {
+        match self {
+            RawConnection::Sqlite(conn) => conn.batch_execute(statements),
+            RawConnection::Postgres(conn) => conn.batch_execute(statements),
+        }
+        .expect("statements")
+    }
+
+    /// Runs one statement; returns the rows it changed.
+    pub fn execute(&mut self, statement: &str) -> usize {
+        use diesel::RunQueryDsl;
+        match self {
+            RawConnection::Sqlite(conn) => diesel::sql_query(statement).execute(conn),
+            RawConnection::Postgres(conn) => diesel::sql_query(statement).execute(conn),
+        }
+        .expect("statement")
+    }
 }
 
 impl Drop for TestApp {
