@@ -389,9 +389,10 @@ impl Store {
         self.writer.as_ref().map_or(0, GroupWriter::queued)
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers. Asked on a connection kept for reads, so writes that take every other
+    /// connection do not make a live database look down.
     pub async fn ping(&self) -> bool {
-        self.run_on(&self.pool, Some(PING_WAIT), |conn| {
+        self.run_on(&self.readers, Some(PING_WAIT), |conn| {
             diesel::connection::SimpleConnection::batch_execute(conn, "SELECT 1").map_err(db_error)
         })
         .await

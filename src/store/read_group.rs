@@ -22,7 +22,7 @@ use crate::domain::error::Error;
 /// Runners (statements in flight) at most: few enough that reads arriving under load find them busy and group.
 /// At 16 callers on two cores, 4 runners took about 10% off a GetUser's CPU, 2 about 30%; the throughput a
 /// group of up to [`MAX_GROUP`] reads per round trip allows is far above what the HTTP/2 side can serve.
-pub const RUNNERS: usize = 2;
+pub(super) const RUNNERS: usize = 2;
 /// Reads one statement takes at most: the array bound to it, and the rows it returns, stay small.
 const MAX_GROUP: usize = 64;
 
