@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::connection::DbConnection;
 use super::schema::user_events;
+use super::stored_time::StoredTime;
 use crate::domain::event::{Event, EventKind, Position};
 use crate::domain::user::User;
 
@@ -59,6 +60,7 @@ struct EventRow {
     event_type: String,
     actor: String,
     update_mask: String,
+    #[diesel(deserialize_as = StoredTime)]
     create_time: NaiveDateTime,
     snapshot: Option<String>,
 }

@@ -6,6 +6,7 @@ mod connection;
 mod feed;
 mod read_group;
 mod schema;
+mod stored_time;
 mod tail;
 mod users;
 mod verification;

@@ -14,6 +14,7 @@ use super::schema::{
     unknown_sign_ins, user_labels, user_revisions, user_roles, user_sign_ins, user_verification_codes,
     user_verifications, users,
 };
+use super::stored_time::{MaybeStoredTime, StoredTime};
 use crate::domain::command::Outcome;
 use crate::domain::event::EventKind;
 use crate::domain::field_table::user_field_table;
@@ -67,14 +68,21 @@ pub struct UserRow {
     roles: String,
     memberships: String,
     attributes: Option<String>,
+    #[diesel(deserialize_as = MaybeStoredTime)]
     valid_from: Option<NaiveDateTime>,
+    #[diesel(deserialize_as = MaybeStoredTime)]
     expire_time: Option<NaiveDateTime>,
     password_hash: Option<String>,
+    #[diesel(deserialize_as = StoredTime)]
     create_time: NaiveDateTime,
+    #[diesel(deserialize_as = StoredTime)]
     update_time: NaiveDateTime,
+    #[diesel(deserialize_as = MaybeStoredTime)]
     delete_time: Option<NaiveDateTime>,
+    #[diesel(deserialize_as = MaybeStoredTime)]
     purge_time: Option<NaiveDateTime>,
     revision: i64,
+    #[diesel(deserialize_as = MaybeStoredTime)]
     last_login_time: Option<NaiveDateTime>,
 }
 
@@ -85,6 +93,7 @@ struct RevisionRow {
     revision: i64,
     actor: String,
     update_mask: String,
+    #[diesel(deserialize_as = StoredTime)]
     create_time: NaiveDateTime,
     before_values: String,
     after_values: String,
