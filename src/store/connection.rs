@@ -69,6 +69,10 @@ pub struct ConnectionManager {
     pub busy_timeout: Duration,
 }
 
+/// How much of a SQLite database file each connection maps: 1 GiB of address space, a database of over a million
+/// users. The pages are the kernel's page cache, shared by every connection, not memory of the process's own.
+const SQLITE_MMAP_BYTES: u64 = 1 << 30;
+
 impl ConnectionManager {
     pub fn establish(&self) -> ConnectionResult<DbConnection> {
         match &self.target {
@@ -96,8 +100,12 @@ impl ConnectionManager {
                 }
                 // No automatic checkpoint: it would run inside a commit (the writer's, holding its whole batch);
                 // the store's checkpoint thread does it instead (`checkpoint.rs`).
+                // Pages are read through a shared memory map of the database file rather than copied into each
+                // connection's own cache by a `pread` per miss (7% of a GetUser's CPU on 100k users); SQLite still
+                // writes with `write`, and reads past the mapped size fall back to `pread`.
                 conn.batch_execute(&format!(
-                    "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;"
+                    "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
+                     PRAGMA mmap_size = {SQLITE_MMAP_BYTES};"
                 ))
                 .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
                 Ok(DbConnection::Sqlite(conn))
