@@ -95,7 +95,7 @@ fn body_json(descriptor: &MessageDescriptor, response_body: Option<&str>, bytes:
                     write_message(&mut body, field.child(), inner, 1)?
                 }
                 (Kind::String, None) if !field.list => body.extend_from_slice(b"\"\""),
-                (Kind::String, Some(Raw::Len(text))) if !field.list => write_str(&mut body, utf8(text)?),
+                (Kind::String, Some(Raw::Len(text))) if !field.list => write_string(&mut body, text)?,
                 _ => return Err(GiveUp),
             }
         }
@@ -128,8 +128,6 @@ struct FieldPlan {
     number: u32,
     /// `,"jsonName":`, escaped once; the first field written drops the comma.
     key: Vec<u8>,
-    /// `,"jsonName":<default_json>`: what an absent field without presence writes, in one copy.
-    key_and_default: Vec<u8>,
     role: Role,
     kind: Kind,
     list: bool,
@@ -164,6 +162,12 @@ struct Plan {
     /// (`NO_FIELD` where there is none), so the common case is one load instead of a search; numbers past its
     /// end are searched in `by_number`.
     dense: Vec<u16>,
+    /// What every field writes when absent, in field order: `,"jsonName":<default_json>` for a field without
+    /// presence, nothing for one with presence or a hidden one. The absent fields between two present ones are
+    /// one copy of `absent[absent_at[from]..absent_at[to]]`.
+    absent: Vec<u8>,
+    /// Where each field's part of `absent` starts; one entry more than there are fields.
+    absent_at: Vec<usize>,
 }
 
 /// Field numbers looked up through `Plan::dense`; larger ones are searched in `by_number`.
@@ -187,6 +191,8 @@ impl Plan {
             fields: Vec::new(),
             by_number: Vec::new(),
             dense: Vec::new(),
+            absent: Vec::new(),
+            absent_at: vec![0],
         }
     }
 
@@ -209,11 +215,9 @@ impl Plan {
                 if !presence && json::write_field_json(&mut default_json, &field.default_value(), &field).is_err() {
                     default_json = b"null".to_vec();
                 }
-                let key_and_default = [key.as_slice(), &default_json].concat();
                 FieldPlan {
                     number: field.number(),
                     key,
-                    key_and_default,
                     role: json::role_of(&field),
                     kind: field.kind(),
                     list: field.is_list(),
@@ -247,12 +251,23 @@ impl Plan {
             }
             dense[number] = index;
         }
+        let mut absent = Vec::new();
+        let mut absent_at = vec![0];
+        for field in &fields {
+            if !field.presence && field.role != Role::Hidden {
+                absent.extend_from_slice(&field.key);
+                absent.extend_from_slice(&field.default_json);
+            }
+            absent_at.push(absent.len());
+        }
         Plan {
             descriptor: Some(message.clone()),
             special,
             fields,
             by_number,
             dense,
+            absent,
+            absent_at,
         }
     }
 
@@ -349,6 +364,24 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
+/// A string field's bytes as a JSON string. Most values are printable ASCII without a quote or a backslash:
+/// valid UTF-8 that JSON writes as it is, so they are copied after one pass over them (a fold without an early
+/// exit, which the compiler can vectorize); anything else is checked and escaped as the reflective writer does.
+fn write_string(out: &mut Vec<u8>, bytes: &[u8]) -> Written {
+    let plain = bytes.iter().fold(true, |plain, &b| {
+        plain & (0x20..0x80).contains(&b) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    } else {
+        write_str(out, utf8(bytes)?);
+    }
+    Ok(())
+}
+
 /// How deep messages may nest before the writer gives up: prost's own recursion limit.
 const MAX_DEPTH: usize = 100;
 
@@ -382,15 +415,28 @@ fn write_message(out: &mut Vec<u8>, plan: &Plan, bytes: &[u8], depth: usize) -> 
     let mut at = 0;
     out.push(b'{');
     let mut first = true;
-    for (index, field) in plan.fields.iter().enumerate() {
+    let mut index = 0;
+    while index < plan.fields.len() {
+        let next_present = present.get(at).map_or(plan.fields.len(), |&(next, _)| next);
+        if index < next_present {
+            // The absent fields up to the next present one, in one copy; the first field written drops the comma
+            // its key starts with.
+            let run = &plan.absent[plan.absent_at[index]..plan.absent_at[next_present]];
+            if !run.is_empty() {
+                out.extend_from_slice(&run[usize::from(first)..]);
+                first = false;
+            }
+            index = next_present;
+            continue;
+        }
+        let field = &plan.fields[index];
         let start = at;
         while at < present.len() && present[at].0 == index {
             at += 1;
         }
+        index += 1;
         let values = &present[start..at];
-        if let Some(oneof) = field.oneof
-            && !values.is_empty()
-        {
+        if let Some(oneof) = field.oneof {
             // A decoder keeps only the last member of a oneof it reads; that takes more than this pass.
             let bit = 1u64
                 .checked_shl(u32::try_from(oneof).map_err(|_| GiveUp)?)
@@ -402,23 +448,12 @@ fn write_message(out: &mut Vec<u8>, plan: &Plan, bytes: &[u8], depth: usize) -> 
         }
         if field.role == Role::Hidden {
             // Never written, but a decoder checks it: written aside and dropped, so that bad bytes give up.
-            if !values.is_empty() {
-                write_value(&mut Vec::new(), field, values, depth)?;
-            }
+            write_value(&mut Vec::new(), field, values, depth)?;
             continue;
         }
-        if field.presence && values.is_empty() {
-            continue;
-        }
-        // The first field written drops the comma its key starts with.
-        let skip = usize::from(first);
+        out.extend_from_slice(&field.key[usize::from(first)..]);
         first = false;
-        if values.is_empty() {
-            out.extend_from_slice(&field.key_and_default[skip..]);
-        } else {
-            out.extend_from_slice(&field.key[skip..]);
-            write_value(out, field, values, depth)?;
-        }
+        write_value(out, field, values, depth)?;
     }
     out.push(b'}');
     Ok(())
@@ -637,10 +672,7 @@ fn scalar(kind: &Kind, raw: Raw<'_>) -> Result<Value, GiveUp> {
 
 fn write_scalar(out: &mut Vec<u8>, kind: &Kind, raw: Raw<'_>) -> Written {
     match (kind, raw) {
-        (Kind::String, Raw::Len(bytes)) => {
-            write_str(out, utf8(bytes)?);
-            Ok(())
-        }
+        (Kind::String, Raw::Len(bytes)) => write_string(out, bytes),
         (Kind::Bytes, Raw::Len(bytes)) => {
             use base64::Engine;
             out.push(b'"');
