@@ -75,7 +75,9 @@ pub fn message_json(descriptor: &MessageDescriptor, bytes: &[u8]) -> Result<Vec<
 /// The whole message, or its field `response_body`, from the message's bytes.
 fn body_json(descriptor: &MessageDescriptor, response_body: Option<&str>, bytes: &[u8]) -> Result<Vec<u8>, GiveUp> {
     let plan = plan(descriptor);
-    let mut body = Vec::with_capacity(bytes.len() * 2 + 64);
+    // A user's JSON is about 3.4 times its protobuf (keys, defaults written out, RFC 3339 times): room for that
+    // up front, so a page is not copied again when the buffer grows past half its size.
+    let mut body = Vec::with_capacity(bytes.len() * 4 + 64);
     match response_body {
         None => write_message(&mut body, &plan, bytes, 0)?,
         Some(name) => {
