@@ -91,62 +91,39 @@ fn from_sqlite(mut value: <Sqlite as Backend>::RawValue<'_>) -> deserialize::Res
     <NaiveDateTime as FromSql<Timestamp, Sqlite>>::from_sql(value)
 }
 
-impl FromSql<Timestamp, Sqlite> for StoredTime {
-    fn from_sql(value: <Sqlite as Backend>::RawValue<'_>) -> deserialize::Result<Self> {
-        from_sqlite(value).map(StoredTime)
-    }
+fn from_pg(value: <Pg as Backend>::RawValue<'_>) -> deserialize::Result<NaiveDateTime> {
+    <NaiveDateTime as FromSql<Timestamp, Pg>>::from_sql(value)
 }
 
-impl FromSql<Timestamp, Pg> for StoredTime {
-    fn from_sql(value: <Pg as Backend>::RawValue<'_>) -> deserialize::Result<Self> {
-        <NaiveDateTime as FromSql<Timestamp, Pg>>::from_sql(value).map(StoredTime)
-    }
+/// Through the multi-backend connection: the backend's own reading above.
+fn from_multi(value: <MultiBackend as Backend>::RawValue<'_>) -> deserialize::Result<NaiveDateTime> {
+    value.from_sql::<StoredTime, Timestamp>().map(|time| time.0)
 }
 
-impl FromSql<Timestamp, MultiBackend> for StoredTime {
-    fn from_sql(value: <MultiBackend as Backend>::RawValue<'_>) -> deserialize::Result<Self> {
-        value.from_sql::<Self, Timestamp>()
-    }
+/// Both types for each backend, from the function that reads a non-null value of it.
+macro_rules! stored_time_from_sql {
+    ($($backend:ty => $read:ident),* $(,)?) => {$(
+        impl FromSql<Timestamp, $backend> for StoredTime {
+            fn from_sql(value: <$backend as Backend>::RawValue<'_>) -> deserialize::Result<Self> {
+                $read(value).map(StoredTime)
+            }
+        }
+
+        impl FromSql<Nullable<Timestamp>, $backend> for MaybeStoredTime {
+            fn from_sql(value: <$backend as Backend>::RawValue<'_>) -> deserialize::Result<Self> {
+                $read(value).map(|time| MaybeStoredTime(Some(time)))
+            }
+
+            fn from_nullable_sql(value: Option<<$backend as Backend>::RawValue<'_>>) -> deserialize::Result<Self> {
+                value.map_or(Ok(MaybeStoredTime(None)), |value| {
+                    <Self as FromSql<Nullable<Timestamp>, $backend>>::from_sql(value)
+                })
+            }
+        }
+    )*};
 }
 
-impl FromSql<Nullable<Timestamp>, Sqlite> for MaybeStoredTime {
-    fn from_sql(value: <Sqlite as Backend>::RawValue<'_>) -> deserialize::Result<Self> {
-        from_sqlite(value).map(|time| MaybeStoredTime(Some(time)))
-    }
-
-    fn from_nullable_sql(value: Option<<Sqlite as Backend>::RawValue<'_>>) -> deserialize::Result<Self> {
-        value.map_or(
-            Ok(MaybeStoredTime(None)),
-            <Self as FromSql<Nullable<Timestamp>, Sqlite>>::from_sql,
-        )
-    }
-}
-
-impl FromSql<Nullable<Timestamp>, Pg> for MaybeStoredTime {
-    fn from_sql(value: <Pg as Backend>::RawValue<'_>) -> deserialize::Result<Self> {
-        <NaiveDateTime as FromSql<Timestamp, Pg>>::from_sql(value).map(|time| MaybeStoredTime(Some(time)))
-    }
-
-    fn from_nullable_sql(value: Option<<Pg as Backend>::RawValue<'_>>) -> deserialize::Result<Self> {
-        value.map_or(
-            Ok(MaybeStoredTime(None)),
-            <Self as FromSql<Nullable<Timestamp>, Pg>>::from_sql,
-        )
-    }
-}
-
-impl FromSql<Nullable<Timestamp>, MultiBackend> for MaybeStoredTime {
-    fn from_sql(value: <MultiBackend as Backend>::RawValue<'_>) -> deserialize::Result<Self> {
-        value.from_sql::<Self, Nullable<Timestamp>>()
-    }
-
-    fn from_nullable_sql(value: Option<<MultiBackend as Backend>::RawValue<'_>>) -> deserialize::Result<Self> {
-        value.map_or(
-            Ok(MaybeStoredTime(None)),
-            <Self as FromSql<Nullable<Timestamp>, MultiBackend>>::from_sql,
-        )
-    }
-}
+stored_time_from_sql!(Sqlite => from_sqlite, Pg => from_pg, MultiBackend => from_multi);
 
 #[cfg(test)]
 mod tests {
