@@ -195,7 +195,8 @@ fn main() -> anyhow::Result<()> {
 // --- REST answer JSON, in-process ----------------------------------------------------------------------------
 
 /// A ListUsers answer of `users` users shaped like the seeded ones (plus a label, a role and a membership each),
-/// written `pages` times by each writer; prints the CPU time per page of each.
+/// written `pages` times by each writer (the reflective one, the wire one after encoding, the typed one from the
+/// message); prints the CPU time per page of each.
 fn json_page(users: usize, pages: u32) -> anyhow::Result<()> {
     use prost::Message;
     use user_service::pb;
@@ -255,15 +256,17 @@ fn json_page(users: usize, pages: u32) -> anyhow::Result<()> {
             .expect("writes")
             .len()
     });
+    let (typed_us, typed_len) = per_page(&mut || user_service::typed_json::answer(&page).expect("writes").body.len());
     anyhow::ensure!(
-        reflective_len == wire_len,
-        "the two writers wrote {reflective_len} and {wire_len} bytes"
+        reflective_len == wire_len && wire_len == typed_len,
+        "the three writers wrote {reflective_len}, {wire_len} and {typed_len} bytes"
     );
     println!(
         "{}",
         serde_json::json!({
             "users_per_page": users, "pages": pages, "protobuf_bytes": encoded, "json_bytes": wire_len,
             "protobuf_encode_us": encode_us, "reflective_json_us": reflective_us, "wire_json_us": wire_us,
+            "typed_json_us": typed_us,
         })
     );
     Ok(())

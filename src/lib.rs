@@ -18,6 +18,7 @@ pub mod server;
 pub mod store;
 pub mod token_cache;
 pub mod transcode;
+pub mod typed_json;
 
 pub use server::{App, app, serve};
 

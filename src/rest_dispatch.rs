@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::api::codec::decode_checked;
 use crate::decode_limits::decode_off_worker;
 use crate::transcode::{Call, Handler, Reply};
+use crate::typed_json;
 
 /// The message sizes gRPC calls are held to (`--max-message-bytes`), held to on REST calls too.
 #[derive(Debug, Clone, Copy)]
@@ -32,15 +33,28 @@ where
     Fut: Future<Output = Result<Response<Resp>, Status>> + Send + 'static,
 {
     Arc::new(move |call: Call| {
+        let json_answer = call.json_answer;
         let request = decode_request::<Req>(call.message, limits.max_decoding)
             .map(|message| Request::from_parts(MetadataMap::from_headers(call.headers), call.extensions, message));
         let answer = request.map(|request| method(service.clone(), request));
         Box::pin(async move {
             let (metadata, message, _) = answer?.await?.into_parts();
+            // Held to the same size as an encoded answer, whichever way it is written.
+            check_encoded_len(&message, limits.max_encoding)?;
+            let json = if json_answer {
+                typed_json::answer(&message)
+            } else {
+                None
+            };
+            let message = match json {
+                Some(_) => Bytes::new(),
+                None => Bytes::from(message.encode_to_vec()),
+            };
             Ok(Reply {
-                message: encode_response(&message, limits.max_encoding)?,
+                message,
                 headers: metadata.into_headers(),
                 stream: None,
+                json,
             })
         })
     })
@@ -68,6 +82,7 @@ where
                 message: Bytes::new(),
                 headers: metadata.into_headers(),
                 stream: Some(Box::pin(encoded)),
+                json: None,
             })
         })
     })
@@ -87,13 +102,19 @@ fn decode_request<Req: Message + Name + Default>(bytes: Bytes, limit: usize) -> 
 
 /// Encodes a response within the size limit, with tonic's words when it is past it.
 fn encode_response<Resp: Message>(message: &Resp, limit: usize) -> Result<Bytes, Status> {
+    check_encoded_len(message, limit)?;
+    Ok(Bytes::from(message.encode_to_vec()))
+}
+
+/// Refuses a response whose encoding would be past the size limit, with tonic's words.
+fn check_encoded_len<Resp: Message>(message: &Resp, limit: usize) -> Result<(), Status> {
     let len = message.encoded_len();
     if len > limit {
         return Err(Status::out_of_range(format!(
             "Error, encoded message length too large: found {len} bytes, the limit is: {limit} bytes"
         )));
     }
-    Ok(Bytes::from(message.encode_to_vec()))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! REST answers written from their protobuf bytes: for any bytes that decode as a binding's answer and that the
 //! reflective writer writes, the wire writer writes the same JSON (the same value, the same length) or gives up;
 //! bytes that do not decode it refuses too, and it never panics. The Connect JSON form, the `etag` and a streamed event's `cursor` are
-//! checked the same way.
+//! checked the same way, and so is the typed writer of users and pages of users, on the prost message the bytes
+//! decode to.
 //!
 //! Input: the first byte picks the binding (modulo their number); the rest is the answer's bytes.
 
@@ -16,7 +17,9 @@ use serde_json::Value;
 use shared_bindings::bindings;
 use user_service::transcode::json::{message_json_bytes, response_etag, response_json};
 use user_service::transcode::streaming::cursor_of;
+use prost::Message;
 use user_service::transcode::wire_json;
+use user_service::{pb, typed_json};
 
 fn parse(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).expect("the wire writer writes JSON")
@@ -58,5 +61,20 @@ fuzz_target!(|data: &[u8]| {
     }
     if let (Ok(json), Ok(reflective)) = (&connect, message_json_bytes(&message)) {
         assert_eq!(parse(json), parse(&reflective), "{}", binding.rpc.name());
+    }
+    let typed = match binding.rpc.output().full_name() {
+        "users.v1.User" => pb::User::decode(bytes).ok().and_then(|user| typed_json::answer(&user)),
+        "users.v1.ListUsersResponse" => pb::ListUsersResponse::decode(bytes)
+            .ok()
+            .and_then(|page| typed_json::answer(&page)),
+        _ => None,
+    };
+    if let Some(typed) = typed {
+        // What the typed writer writes (it declines what the reflective writer refuses), the reflective writer
+        // writes too.
+        let reflective = message_json_bytes(&message).expect("the reflective writer writes it");
+        assert_eq!(parse(&typed.body), parse(&reflective), "{}", binding.rpc.name());
+        assert_eq!(typed.body.len(), reflective.len(), "{}", binding.rpc.name());
+        assert_eq!(typed.etag.filter(|e| !e.is_empty()), response_etag(&message));
     }
 });

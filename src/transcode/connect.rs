@@ -294,6 +294,7 @@ impl Connect {
             message,
             headers,
             extensions: parts.extensions,
+            json_answer: codec == Codec::Json,
         };
         let deadline_exceeded = |timeout: Duration| {
             Status::deadline_exceeded(format!(
@@ -320,11 +321,14 @@ impl Connect {
         };
         let body = match codec {
             Codec::Proto => reply.message,
-            Codec::Json => {
-                let (json, _) =
-                    wire_json::answer_json(&method.output(), None, &reply.message, None).map_err(|e| internal(&e))?;
-                Bytes::from(json)
-            }
+            Codec::Json => match reply.json {
+                Some(answer) => Bytes::from(answer.body),
+                None => {
+                    let (json, _) = wire_json::answer_json(&method.output(), None, &reply.message, None)
+                        .map_err(|e| internal(&e))?;
+                    Bytes::from(json)
+                }
+            },
         };
         let mut response = Response::new(AxumBody::from(body));
         response

@@ -38,15 +38,28 @@ pub struct Call {
     pub message: Bytes,
     pub headers: HeaderMap,
     pub extensions: Extensions,
+    /// The caller answers with the whole response message as JSON (a REST binding without `response_body`, a
+    /// Connect JSON call): the handler may hand it over already written ([`Reply::json`]) instead of encoded.
+    pub json_answer: bool,
 }
 
 /// A method's answer: its response message encoded and the headers (metadata) it set. A server-streaming
 /// method answers with `stream` instead (and an empty `message`): its messages encoded, each in turn, and a
-/// status that ends the stream early.
+/// status that ends the stream early. Where the call asked for JSON and the handler wrote it from the typed
+/// message, `json` holds it and `message` is empty.
 pub struct Reply {
     pub message: Bytes,
     pub headers: HeaderMap,
     pub stream: Option<MessageStream>,
+    pub json: Option<JsonAnswer>,
+}
+
+/// A whole response message written as its REST JSON, and its top-level `etag` (`None` when the message type
+/// has none, empty when it is unset), exactly as [`wire_json::answer_json`] reads them from the encoded message.
+#[derive(Debug)]
+pub struct JsonAnswer {
+    pub body: Vec<u8>,
+    pub etag: Option<String>,
 }
 
 /// The encoded messages of a server-streaming answer.
@@ -267,6 +280,7 @@ impl Transcoder {
             message: Bytes::from(message.encode_to_vec()),
             headers,
             extensions: parts.extensions,
+            json_answer: binding.response_body.is_none(),
         };
         let accept = parts.headers.get(header::ACCEPT).cloned();
         let reply = match (self.inner.handlers[index])(call).await {
@@ -284,13 +298,21 @@ impl Transcoder {
         if let Some(stream) = reply.stream {
             return Ok(streaming::response(binding, accept.as_ref(), stream, &reply.headers));
         }
-        let (json, etag) = wire_json::answer_json(
-            &binding.rpc.output(),
-            binding.response_body.as_deref(),
-            &reply.message,
-            Some("etag"),
-        )
-        .map_err(|e| internal(&e))?;
+        let (json, etag) = match reply.json {
+            Some(answer) if binding.response_body.is_none() => (answer.body, answer.etag),
+            Some(_) => {
+                return Err(internal(
+                    "a handler wrote the whole answer where one field of it was asked for",
+                ));
+            }
+            None => wire_json::answer_json(
+                &binding.rpc.output(),
+                binding.response_body.as_deref(),
+                &reply.message,
+                Some("etag"),
+            )
+            .map_err(|e| internal(&e))?,
+        };
         let etag = etag.filter(|etag| !etag.is_empty());
         let mut response = Response::new(AxumBody::from(json));
         response

@@ -26,7 +26,7 @@ use super::rule::{HttpBinding, is_well_known};
 #[derive(Debug)]
 pub struct GiveUp;
 
-type Written = Result<(), GiveUp>;
+pub(crate) type Written = Result<(), GiveUp>;
 
 impl From<String> for GiveUp {
     fn from(_: String) -> GiveUp {
@@ -369,7 +369,7 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
 /// A string field's bytes as a JSON string. Most values are printable ASCII without a quote or a backslash:
 /// valid UTF-8 that JSON writes as it is, so they are copied after one pass over them (a fold without an early
 /// exit, which the compiler can vectorize); anything else is checked and escaped as the reflective writer does.
-fn write_string(out: &mut Vec<u8>, bytes: &[u8]) -> Written {
+pub(crate) fn write_string(out: &mut Vec<u8>, bytes: &[u8]) -> Written {
     let plain = bytes.iter().fold(true, |plain, &b| {
         plain & (0x20..0x80).contains(&b) & (b != b'"') & (b != b'\\')
     });
@@ -708,7 +708,7 @@ fn write_timestamp(out: &mut Vec<u8>, mut bytes: &[u8]) -> Written {
 /// digits, the fewest that hold it, or none), without going through `fmt`: a page of users has a hundred of them,
 /// and formatting them was a quarter of writing the page. Out of RFC 3339's range it gives up, as the
 /// reflective writer refuses them.
-fn write_rfc3339(out: &mut Vec<u8>, seconds: i64, nanos: i32) -> Written {
+pub(crate) fn write_rfc3339(out: &mut Vec<u8>, seconds: i64, nanos: i32) -> Written {
     use chrono::{Datelike, Timelike};
     json::timestamp_text(seconds, nanos).ok_or(GiveUp)?;
     let fraction = match u32::try_from(nanos) {
