@@ -5,14 +5,15 @@
 //! reads the protobuf bytes through a plan made from the descriptors. A page of users is the largest and most
 //! frequent answer; encoding it only to read the bytes back, field by field through the plan, was most of what
 //! REST cost beyond gRPC. This writer writes exactly what the wire writer writes for the same message (the tests
-//! and the `rest_answer` fuzz target hold it to the reflective writer, as they hold the wire writer); where a
-//! plain walk would not do (a user's `attributes`, a `google.protobuf.Struct` written by the reflective writer; a
-//! timestamp outside RFC 3339's range, which that writer refuses), it declines and the answer is encoded and
-//! written the general way.
+//! and the `rest_answer` fuzz target hold it to the reflective writer, as they hold the wire writer); where the
+//! general writers refuse a message (a timestamp outside RFC 3339's range, a number in `attributes` that JSON
+//! cannot hold) or might (`attributes` nested deeper than any request can write them), it declines and the
+//! answer is encoded and written the general way, which answers as it always did.
 
 use std::any::Any;
 use std::io::Write;
 
+use crate::domain::validate::MAX_ATTRIBUTES_DEPTH;
 use crate::pb;
 use crate::transcode::JsonAnswer;
 use crate::transcode::wire_json::{write_rfc3339, write_string};
@@ -52,9 +53,6 @@ const USER_JSON_BYTES: usize = 768;
 /// A user's JSON: every field without presence (defaults too), messages when set, `password` never (input
 /// only), in the order the fields are declared, as the reflective writer writes them.
 fn write_user(out: &mut Vec<u8>, user: &pb::User) -> Option<()> {
-    if user.attributes.is_some() {
-        return None;
-    }
     keyed_string(out, b"{\"id\":", &user.id);
     keyed_string(out, b",\"username\":", &user.username);
     keyed_string(out, b",\"email\":", &user.email);
@@ -110,6 +108,10 @@ fn write_user(out: &mut Vec<u8>, user: &pb::User) -> Option<()> {
         out.push(b'}');
     }
     out.push(b']');
+    if let Some(attributes) = &user.attributes {
+        out.extend_from_slice(b",\"attributes\":");
+        write_struct(out, attributes, 1)?;
+    }
     timestamp(out, b",\"validFrom\":", user.valid_from.as_ref())?;
     timestamp(out, b",\"expireTime\":", user.expire_time.as_ref())?;
     timestamp(out, b",\"createTime\":", user.create_time.as_ref())?;
@@ -121,6 +123,58 @@ fn write_user(out: &mut Vec<u8>, user: &pb::User) -> Option<()> {
     keyed_string(out, b",\"etag\":", &user.etag);
     timestamp(out, b",\"lastLoginTime\":", user.last_login_time.as_ref())?;
     out.push(b'}');
+    Some(())
+}
+
+/// Levels of `attributes` (each object or list one) this writer writes; deeper ones go the general way. Stored
+/// attributes nest at most `MAX_ATTRIBUTES_DEPTH` levels (the domain refuses deeper ones), so every stored user
+/// is written here, and the general writers' decoder (prost's 100 levels of messages, two or three per level
+/// here) writes whatever this writer writes.
+const MAX_ATTRIBUTE_LEVELS: usize = MAX_ATTRIBUTES_DEPTH + 4;
+
+/// A `google.protobuf.Struct` as the reflective writer (prost-reflect, through `prost_types`) writes it: keys
+/// in their sorted order, numbers by serde_json, a value of no kind as `null`.
+fn write_struct(out: &mut Vec<u8>, object: &prost_types::Struct, level: usize) -> Option<()> {
+    if level > MAX_ATTRIBUTE_LEVELS {
+        return None;
+    }
+    out.push(b'{');
+    for (at, (key, value)) in object.fields.iter().enumerate() {
+        if at > 0 {
+            out.push(b',');
+        }
+        string(out, key);
+        out.push(b':');
+        write_value(out, value, level)?;
+    }
+    out.push(b'}');
+    Some(())
+}
+
+fn write_value(out: &mut Vec<u8>, value: &prost_types::Value, level: usize) -> Option<()> {
+    use prost_types::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => out.extend_from_slice(b"null"),
+        Some(Kind::BoolValue(value)) => boolean(out, *value),
+        // JSON has no NaN or infinities; the reflective writer refuses them.
+        Some(Kind::NumberValue(number)) if !number.is_finite() => return None,
+        Some(Kind::NumberValue(number)) => serde_json::to_writer(&mut *out, number).ok()?,
+        Some(Kind::StringValue(text)) => string(out, text),
+        Some(Kind::StructValue(object)) => write_struct(out, object, level + 1)?,
+        Some(Kind::ListValue(list)) => {
+            if level + 1 > MAX_ATTRIBUTE_LEVELS {
+                return None;
+            }
+            out.push(b'[');
+            for (at, item) in list.values.iter().enumerate() {
+                if at > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item, level + 1)?;
+            }
+            out.push(b']');
+        }
+    }
     Some(())
 }
 
@@ -262,10 +316,44 @@ mod tests {
         })
     }
 
+    /// Attributes of every kind of value, nested a few levels, numbers finite (JSON holds no others).
+    fn attributes() -> impl Strategy<Value = prost_types::Struct> {
+        use prost_types::value::Kind;
+        let leaf = prop_oneof![
+            Just(None),
+            Just(Some(Kind::NullValue(0))),
+            any::<bool>().prop_map(|v| Some(Kind::BoolValue(v))),
+            prop_oneof![
+                any::<f64>().prop_filter("finite", |n| n.is_finite()),
+                Just(-0.0),
+                Just(1e21),
+                Just(3.0)
+            ]
+            .prop_map(|v| Some(Kind::NumberValue(v))),
+            text().prop_map(|v| Some(Kind::StringValue(v))),
+        ]
+        .prop_map(|kind| prost_types::Value { kind });
+        let value = leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|values| Some(Kind::ListValue(prost_types::ListValue { values }))),
+                proptest::collection::btree_map(text(), inner, 0..4)
+                    .prop_map(|fields| Some(Kind::StructValue(prost_types::Struct { fields }))),
+            ]
+            .prop_map(|kind| prost_types::Value { kind })
+        });
+        proptest::collection::btree_map(text(), value, 0..5).prop_map(|fields| prost_types::Struct { fields })
+    }
+
     proptest! {
         #[test]
-        fn a_user_is_written_as_the_general_writers_write_it(mut user in user(), etag in text()) {
+        fn a_user_is_written_as_the_general_writers_write_it(
+            mut user in user(),
+            etag in text(),
+            attributes in proptest::option::of(attributes()),
+        ) {
             user.etag = etag;
+            user.attributes = attributes;
             assert_written_alike(&user);
         }
 
@@ -278,15 +366,44 @@ mod tests {
         }
     }
 
+    /// Attributes holding `value` as their one field, `levels` objects deep.
+    fn nested(levels: usize, value: prost_types::Value) -> prost_types::Struct {
+        let mut object = prost_types::Struct {
+            fields: [("a".to_owned(), value)].into(),
+        };
+        for _ in 1..levels {
+            object = prost_types::Struct {
+                fields: [(
+                    "a".to_owned(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StructValue(object)),
+                    },
+                )]
+                .into(),
+            };
+        }
+        object
+    }
+
     #[test]
-    fn a_user_with_attributes_or_a_time_out_of_range_goes_the_general_way() {
-        let attributes = pb::User {
-            attributes: Some(prost_types::Struct {
-                fields: [("a".to_owned(), prost_types::Value::default())].into(),
-            }),
+    fn what_the_general_writers_refuse_or_might_goes_their_way() {
+        use prost_types::value::Kind;
+        let with = |attributes| pb::User {
+            attributes: Some(attributes),
             ..Default::default()
         };
-        assert!(answer(&attributes).is_none());
+        let number = |n: f64| prost_types::Value {
+            kind: Some(Kind::NumberValue(n)),
+        };
+        // As deep as stored attributes go: written, as the general writers write it.
+        let deepest = with(nested(MAX_ATTRIBUTES_DEPTH, number(1.5)));
+        assert_written_alike(&deepest);
+        assert!(answer(&with(nested(MAX_ATTRIBUTE_LEVELS + 1, number(1.5)))).is_none());
+        let not_a_number = with(nested(2, number(f64::NAN)));
+        assert!(answer(&not_a_number).is_none());
+        let general = wire_json::answer_json(&descriptor::<pb::User>(), None, &not_a_number.encode_to_vec(), None);
+        assert!(general.is_err(), "the general writers refuse NaN too");
+        assert!(answer(&with(nested(1, number(f64::INFINITY)))).is_none());
         let far = pb::User {
             update_time: Some(prost_types::Timestamp {
                 seconds: 253_402_300_800,
