@@ -256,7 +256,12 @@ fn json_page(users: usize, pages: u32) -> anyhow::Result<()> {
             .expect("writes")
             .len()
     });
-    let (typed_us, typed_len) = per_page(&mut || user_service::typed_json::answer(&page).expect("writes").body.len());
+    let (typed_us, typed_len) = per_page(&mut || {
+        user_service::typed_json::answer(&page, encoded)
+            .expect("writes")
+            .body
+            .len()
+    });
     anyhow::ensure!(
         reflective_len == wire_len && wire_len == typed_len,
         "the three writers wrote {reflective_len}, {wire_len} and {typed_len} bytes"

@@ -40,9 +40,9 @@ where
         Box::pin(async move {
             let (metadata, message, _) = answer?.await?.into_parts();
             // Held to the same size as an encoded answer, whichever way it is written.
-            check_encoded_len(&message, limits.max_encoding)?;
+            let encoded_len = check_encoded_len(&message, limits.max_encoding)?;
             let json = if json_answer {
-                typed_json::answer(&message)
+                typed_json::answer(&message, encoded_len)
             } else {
                 None
             };
@@ -106,15 +106,15 @@ fn encode_response<Resp: Message>(message: &Resp, limit: usize) -> Result<Bytes,
     Ok(Bytes::from(message.encode_to_vec()))
 }
 
-/// Refuses a response whose encoding would be past the size limit, with tonic's words.
-fn check_encoded_len<Resp: Message>(message: &Resp, limit: usize) -> Result<(), Status> {
+/// The size of a response's encoding; past the size limit, refused with tonic's words.
+fn check_encoded_len<Resp: Message>(message: &Resp, limit: usize) -> Result<usize, Status> {
     let len = message.encoded_len();
     if len > limit {
         return Err(Status::out_of_range(format!(
             "Error, encoded message length too large: found {len} bytes, the limit is: {limit} bytes"
         )));
     }
-    Ok(())
+    Ok(len)
 }
 
 #[cfg(test)]

@@ -19,9 +19,13 @@ use crate::transcode::JsonAnswer;
 use crate::transcode::wire_json::{write_rfc3339, write_string};
 
 /// The whole answer as JSON, if `message` is one of the types written here and this writer can write it.
-pub fn answer(message: &dyn Any) -> Option<JsonAnswer> {
+/// `encoded_len` is the message's protobuf size: the JSON takes about 3.4 times that (keys, defaults written out,
+/// RFC 3339 times), so four times it is room enough that the buffer is not copied again as it grows, and never
+/// more than the wire writer would have taken for the same answer.
+pub fn answer(message: &dyn Any, encoded_len: usize) -> Option<JsonAnswer> {
+    let capacity = encoded_len.saturating_mul(4).saturating_add(64);
     if let Some(user) = message.downcast_ref::<pb::User>() {
-        let mut body = Vec::with_capacity(USER_JSON_BYTES);
+        let mut body = Vec::with_capacity(capacity);
         write_user(&mut body, user)?;
         return Some(JsonAnswer {
             body,
@@ -29,8 +33,7 @@ pub fn answer(message: &dyn Any) -> Option<JsonAnswer> {
         });
     }
     if let Some(page) = message.downcast_ref::<pb::ListUsersResponse>() {
-        // Room for the whole page up front, so it is not copied again as the buffer grows.
-        let mut body = Vec::with_capacity(page.users.len() * USER_JSON_BYTES + 64);
+        let mut body = Vec::with_capacity(capacity);
         body.extend_from_slice(b"{\"users\":[");
         for (at, user) in page.users.iter().enumerate() {
             if at > 0 {
@@ -46,9 +49,6 @@ pub fn answer(message: &dyn Any) -> Option<JsonAnswer> {
     }
     None
 }
-
-/// About what a user with a few labels, roles and memberships takes (the benchmark's seeded users: 570 bytes).
-const USER_JSON_BYTES: usize = 768;
 
 /// A user's JSON: every field without presence (defaults too), messages when set, `password` never (input
 /// only), in the order the fields are declared, as the reflective writer writes them.
@@ -224,7 +224,7 @@ mod tests {
     /// The typed writer against the two general ones on the same message: byte for byte against the wire writer
     /// (the same map iterated in the same order), by value and length against the reflective writer.
     fn assert_written_alike<M: Message + Name + Any>(message: &M) {
-        let typed = answer(message).expect("the typed writer writes it");
+        let typed = answer(message, message.encoded_len()).expect("the typed writer writes it");
         let bytes = message.encode_to_vec();
         let (wire, etag) = wire_json::answer_json(&descriptor::<M>(), None, &bytes, Some("etag")).expect("writes");
         assert_eq!(String::from_utf8_lossy(&typed.body), String::from_utf8_lossy(&wire));
@@ -398,12 +398,12 @@ mod tests {
         // As deep as stored attributes go: written, as the general writers write it.
         let deepest = with(nested(MAX_ATTRIBUTES_DEPTH, number(1.5)));
         assert_written_alike(&deepest);
-        assert!(answer(&with(nested(MAX_ATTRIBUTE_LEVELS + 1, number(1.5)))).is_none());
+        assert!(answer(&with(nested(MAX_ATTRIBUTE_LEVELS + 1, number(1.5))), 0).is_none());
         let not_a_number = with(nested(2, number(f64::NAN)));
-        assert!(answer(&not_a_number).is_none());
+        assert!(answer(&not_a_number, 0).is_none());
         let general = wire_json::answer_json(&descriptor::<pb::User>(), None, &not_a_number.encode_to_vec(), None);
         assert!(general.is_err(), "the general writers refuse NaN too");
-        assert!(answer(&with(nested(1, number(f64::INFINITY)))).is_none());
+        assert!(answer(&with(nested(1, number(f64::INFINITY))), 0).is_none());
         let far = pb::User {
             update_time: Some(prost_types::Timestamp {
                 seconds: 253_402_300_800,
@@ -411,20 +411,23 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(answer(&far).is_none());
+        assert!(answer(&far, 0).is_none());
         assert!(
-            answer(&pb::ListUsersResponse {
-                users: vec![far],
-                next_page_token: String::new()
-            })
+            answer(
+                &pb::ListUsersResponse {
+                    users: vec![far],
+                    next_page_token: String::new()
+                },
+                0
+            )
             .is_none()
         );
     }
 
     #[test]
     fn other_answers_are_left_to_the_general_writers() {
-        assert!(answer(&pb::ListUserRevisionsResponse::default()).is_none());
-        assert!(answer(&HashMap::<String, String>::new()).is_none());
+        assert!(answer(&pb::ListUserRevisionsResponse::default(), 0).is_none());
+        assert!(answer(&HashMap::<String, String>::new(), 0).is_none());
     }
 
     #[test]
@@ -443,7 +446,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let written = answer(&user).expect("writes");
+        let written = answer(&user, 0).expect("writes");
         let value: serde_json::Value = serde_json::from_slice(&written.body).expect("JSON");
         assert_eq!(value["state"], "ACTIVE");
         assert_eq!(value["revision"], "3");

@@ -63,10 +63,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(parse(json), parse(&reflective), "{}", binding.rpc.name());
     }
     let typed = match binding.rpc.output().full_name() {
-        "users.v1.User" => pb::User::decode(bytes).ok().and_then(|user| typed_json::answer(&user)),
+        "users.v1.User" => pb::User::decode(bytes).ok().and_then(|user| typed_json::answer(&user, bytes.len())),
         "users.v1.ListUsersResponse" => pb::ListUsersResponse::decode(bytes)
             .ok()
-            .and_then(|page| typed_json::answer(&page)),
+            .and_then(|page| typed_json::answer(&page, bytes.len())),
         _ => None,
     };
     if let Some(typed) = typed {
