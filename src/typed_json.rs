@@ -8,7 +8,8 @@
 //! and the `rest_answer` fuzz target hold it to the reflective writer, as they hold the wire writer); where the
 //! general writers refuse a message (a timestamp outside RFC 3339's range, a number in `attributes` that JSON
 //! cannot hold) or might (`attributes` nested deeper than any request can write them), it declines and the
-//! answer is encoded and written the general way, which answers as it always did.
+//! answer is encoded and written the general way, which answers as it always did. The tests build every field of
+//! `User` by name, so a field added to the contract stops them compiling until it is written here too.
 
 use std::any::Any;
 use std::io::Write;
