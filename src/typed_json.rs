@@ -36,12 +36,7 @@ pub fn answer(message: &dyn Any, encoded_len: usize) -> Option<JsonAnswer> {
     if let Some(page) = message.downcast_ref::<pb::ListUsersResponse>() {
         let mut body = Vec::with_capacity(capacity);
         body.extend_from_slice(b"{\"users\":[");
-        for (at, user) in page.users.iter().enumerate() {
-            if at > 0 {
-                body.push(b',');
-            }
-            write_user(&mut body, user)?;
-        }
+        separated(&mut body, &page.users, write_user)?;
         body.extend_from_slice(b"],\"nextPageToken\":");
         string(&mut body, &page.next_page_token);
         body.push(b'}');
@@ -82,32 +77,26 @@ fn write_user(out: &mut Vec<u8>, user: &pb::User) -> Option<()> {
     }
     keyed_string(out, b",\"disabledReason\":", &user.disabled_reason);
     out.extend_from_slice(b",\"labels\":{");
-    for (at, (key, value)) in user.labels.iter().enumerate() {
-        if at > 0 {
-            out.push(b',');
-        }
+    separated(out, &user.labels, |out, (key, value)| {
         string(out, key);
         out.push(b':');
         string(out, value);
-    }
+        Some(())
+    })?;
     out.extend_from_slice(b"},\"roles\":[");
-    for (at, role) in user.roles.iter().enumerate() {
-        if at > 0 {
-            out.push(b',');
-        }
+    separated(out, &user.roles, |out, role| {
         string(out, role);
-    }
+        Some(())
+    })?;
     out.extend_from_slice(b"],\"memberships\":[");
-    for (at, membership) in user.memberships.iter().enumerate() {
-        if at > 0 {
-            out.push(b',');
-        }
+    separated(out, &user.memberships, |out, membership| {
         keyed_string(out, b"{\"organizationId\":", &membership.organization_id);
         keyed_string(out, b",\"role\":", &membership.role);
         out.extend_from_slice(b",\"admin\":");
         boolean(out, membership.admin);
         out.push(b'}');
-    }
+        Some(())
+    })?;
     out.push(b']');
     if let Some(attributes) = &user.attributes {
         out.extend_from_slice(b",\"attributes\":");
@@ -140,14 +129,11 @@ fn write_struct(out: &mut Vec<u8>, object: &prost_types::Struct, level: usize) -
         return None;
     }
     out.push(b'{');
-    for (at, (key, value)) in object.fields.iter().enumerate() {
-        if at > 0 {
-            out.push(b',');
-        }
+    separated(out, &object.fields, |out, (key, value)| {
         string(out, key);
         out.push(b':');
-        write_value(out, value, level)?;
-    }
+        write_value(out, value, level)
+    })?;
     out.push(b'}');
     Some(())
 }
@@ -167,14 +153,24 @@ fn write_value(out: &mut Vec<u8>, value: &prost_types::Value, level: usize) -> O
                 return None;
             }
             out.push(b'[');
-            for (at, item) in list.values.iter().enumerate() {
-                if at > 0 {
-                    out.push(b',');
-                }
-                write_value(out, item, level + 1)?;
-            }
+            separated(out, &list.values, |out, item| write_value(out, item, level + 1))?;
             out.push(b']');
         }
+    }
+    Some(())
+}
+
+/// Writes each item with `write`, a comma between two; stops at the first item `write` declines.
+fn separated<I: IntoIterator>(
+    out: &mut Vec<u8>,
+    items: I,
+    mut write: impl FnMut(&mut Vec<u8>, I::Item) -> Option<()>,
+) -> Option<()> {
+    for (at, item) in items.into_iter().enumerate() {
+        if at > 0 {
+            out.push(b',');
+        }
+        write(out, item)?;
     }
     Some(())
 }
