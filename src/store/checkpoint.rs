@@ -13,7 +13,8 @@
 //! grow. Each checkpoint therefore runs in steps: PASSIVE ones beside the writer copy the bulk (and the thread
 //! syncs what they copied), then a last one copies the few frames written meanwhile while the writer waits
 //! between two batches, so its next batch starts the log over.
-//! Durability is unchanged: a checkpoint only copies committed pages; the commits themselves sync as configured.
+//! Durability is unchanged: a checkpoint only copies committed pages, and its connection (at the configured level)
+//! syncs the log before it copies, so the database file never holds a commit its log has not made durable.
 
 use std::fs::File;
 use std::mem::ManuallyDrop;

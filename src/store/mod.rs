@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod connection;
+mod durability;
 mod feed;
 mod read_group;
 mod schema;
@@ -229,6 +230,15 @@ impl Store {
             // The writer's connection is its own, never lent to a reader: SQLite empties a connection's page cache
             // whenever another connection has written since its last transaction, so a writer drawing from the
             // shared pool started nearly every batch by reading each B-tree's upper pages back from the file.
+            // At `synchronous=FULL` the writer commits without the fsync and a thread of its own syncs the log
+            // (`durability`): the writer applies its next batch meanwhile.
+            let syncer = match (&target, options.sqlite_sync) {
+                (DatabaseTarget::Sqlite(path), SqliteSync::Full) => Some(
+                    durability::Syncer::start(path)
+                        .map_err(|e| anyhow::anyhow!("starting the log's sync thread: {e}"))?,
+                ),
+                _ => None,
+            };
             let writer_pool = r2d2::Pool::builder()
                 .max_size(1)
                 .test_on_check_out(false)
@@ -236,12 +246,16 @@ impl Store {
                 .connection_timeout(options.acquire_timeout)
                 .build(ConnectionManager {
                     target: target.clone(),
-                    sqlite_sync: options.sqlite_sync,
+                    sqlite_sync: if syncer.is_some() {
+                        SqliteSync::Normal
+                    } else {
+                        options.sqlite_sync
+                    },
                     busy_timeout: options.acquire_timeout,
                 })
                 .map_err(|e| anyhow::anyhow!("opening the writer's connection: {e}"))?;
             Some(
-                GroupWriter::start(writer_pool, reachable.clone(), options.sqlite_commit_batch)
+                GroupWriter::start(writer_pool, reachable.clone(), options.sqlite_commit_batch, syncer)
                     .map_err(|e| anyhow::anyhow!("starting the database writer: {e}"))?,
             )
         } else {
@@ -326,7 +340,25 @@ impl Store {
             .await
             .map_err(|e| Error::internal(format!("database task failed: {e}")))?;
         self.track(&result);
+        self.settled().await;
         result
+    }
+
+    /// Returns once what a read that has just run could have seen is on disk (SQLite at `synchronous=FULL`,
+    /// whose log is synced beside the writer: see `durability`); at once on other stores.
+    async fn settled(&self) {
+        if let Some(durability) = self.writer.as_ref().and_then(|writer| writer.durability.as_deref()) {
+            durability.settled().await;
+        }
+    }
+
+    /// Stops the SQLite log's syncs while the guard lives, so commits stay unsynced; `None` without a sync
+    /// thread (PostgreSQL, or SQLite at `synchronous=NORMAL`). Lets a test see what waits for a sync.
+    pub fn hold_syncs(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.writer
+            .as_ref()
+            .and_then(|writer| writer.durability.as_deref())
+            .map(durability::Durability::hold)
     }
 
     /// Runs a read of one row. On SQLite it runs inline, on the async thread, when an inline connection is free
@@ -344,7 +376,11 @@ impl Store {
         {
             match connection::run_inline(&mut conn, &f) {
                 Err(Error::Unavailable(_)) => {}
-                result => return result,
+                result => {
+                    drop(conn);
+                    self.settled().await;
+                    return result;
+                }
             }
         }
         self.run_read(f).await

@@ -4,6 +4,8 @@
 //! SQLite allows one writer at a time and, at `synchronous=FULL`, a commit costs an fsync. A transaction per
 //! request caps writes at one fsync each; a batch pays one fsync for all of its writes. Every write still decides
 //! its own outcome: a write that fails rolls back its savepoint alone, and its neighbours commit.
+//! At `synchronous=FULL` the fsync is not the writer's: it commits without it and hands the batch to the sync
+//! thread (`durability.rs`), which answers the batch once it is on disk while the writer applies the next.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,6 +14,7 @@ use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{ConnectionManager, DbConnection, with_connection};
+use super::durability::{Committed, Durability, Syncer};
 use super::{TxError, UNREACHABLE_WAIT, db_error, settle};
 use crate::domain::error::Error;
 
@@ -51,30 +54,41 @@ pub struct GroupWriter {
     /// batch (maintenance, and tests that need a known batch).
     hold: Arc<std::sync::Mutex<()>>,
     pub stats: Arc<WriteStats>,
+    /// With a sync thread: where commits stand against the disk, for reads to wait on.
+    pub durability: Option<Arc<Durability>>,
 }
 
 impl GroupWriter {
     /// Starts the writer thread on `pool`, which should hold one connection kept for the writer alone (see
     /// `Store::open`). `max_batch` is the most writes one transaction takes; 1 commits every write on its own.
+    /// With `syncer`, the pool's connection commits without syncing and the sync thread answers each batch.
     pub fn start(
         pool: r2d2::Pool<ConnectionManager>,
         reachable: Arc<AtomicBool>,
         max_batch: usize,
+        syncer: Option<Syncer>,
     ) -> std::io::Result<GroupWriter> {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let hold = Arc::new(std::sync::Mutex::new(()));
         let stats = Arc::new(WriteStats::default());
+        let durability = syncer.as_ref().map(|syncer| syncer.durability.clone());
         let writer = Writer {
             pool,
             reachable,
             max_batch: max_batch.max(1),
             hold: hold.clone(),
             stats: stats.clone(),
+            syncer,
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer.run(receiver))?;
-        Ok(GroupWriter { queue, hold, stats })
+        Ok(GroupWriter {
+            queue,
+            hold,
+            stats,
+            durability,
+        })
     }
 
     /// Queues the transaction `f` and waits for its batch to end. `f` runs in a savepoint of its own, so a
@@ -124,6 +138,7 @@ struct Writer {
     max_batch: usize,
     hold: Arc<std::sync::Mutex<()>>,
     stats: Arc<WriteStats>,
+    syncer: Option<Syncer>,
 }
 
 impl Writer {
@@ -142,7 +157,8 @@ impl Writer {
         }
     }
 
-    /// Applies the batch in one transaction and answers every write after it ends.
+    /// Applies the batch in one transaction and answers every write after it ends (with a sync thread, after
+    /// it is on disk).
     fn apply(&self, batch: &mut Vec<Work>) {
         let count = batch.len() as u64;
         let wait = if self.reachable.load(Ordering::Relaxed) {
@@ -151,11 +167,13 @@ impl Writer {
             UNREACHABLE_WAIT
         };
         let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+        let mut seq = None;
         let committed = with_connection(&self.pool, wait, |conn| {
             conn.transaction(|conn| {
                 for work in batch.drain(..) {
                     finishes.push(work(Ok(conn)));
                 }
+                seq = self.syncer.as_ref().map(|syncer| syncer.durability.begin_commit());
                 Ok::<_, diesel::result::Error>(())
             })
             .map_err(db_error)
@@ -172,8 +190,17 @@ impl Writer {
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
             self.stats.writes.fetch_add(count, Ordering::Relaxed);
         }
-        for finish in finishes {
-            finish(committed.clone());
+        match (&self.syncer, seq) {
+            (Some(syncer), Some(seq)) => syncer.hand_over(Committed {
+                seq,
+                committed,
+                finishes,
+            }),
+            _ => {
+                for finish in finishes {
+                    finish(committed.clone());
+                }
+            }
         }
     }
 }

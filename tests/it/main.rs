@@ -6,6 +6,7 @@ mod auth;
 mod concurrency;
 mod connect;
 mod decode_limits;
+mod durability;
 mod feed;
 mod group_commit;
 mod http;
