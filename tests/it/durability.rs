@@ -90,3 +90,78 @@ async fn normal_sync_answers_at_commit() {
     assert_eq!(written.given_name, "Unsynced");
     assert_eq!(stored_given_name(&app.database_url, &created.id), "Unsynced");
 }
+
+/// Batches of one write each, more of them than the sync thread lets wait: with syncs held the writer stops
+/// committing once the backlog is full (the rest of the writes wait in its queue), nothing is answered, and once
+/// syncs go on every write is answered and kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sync_backlog_holds_the_writer_back_and_loses_nothing() {
+    const WRITES: usize = 320;
+    let app = TestApp::start_with(Backend::Sqlite, |config| {
+        config.database.sqlite_commit_batch = 1;
+        // Every write in flight at once: the caller's rate limit would hold some back before the store.
+        config.rate_limit = 1e9;
+        config.rate_burst = 1_000_000;
+    })
+    .await;
+    let mut c = app.client.clone();
+    let mut users = Vec::new();
+    for n in 0..WRITES {
+        users.push(create(&mut c, user(&format!("backlog{n}@example.com"))).await);
+    }
+    let stats = || app.store.write_stats().expect("SQLite writer").snapshot().0;
+    let batches0 = stats();
+    let hold = app.store.hold_syncs();
+    assert!(hold.is_some(), "a sync thread at synchronous=FULL");
+    // A fresh connection runs 32 calls at once until its answers show their size: enough connections that
+    // every write reaches the store.
+    let mut clients = Vec::new();
+    for _ in 0..WRITES.div_ceil(32) {
+        clients.push(app.new_client().await);
+    }
+    let mut tasks = Vec::new();
+    for (n, stored) in users.iter().enumerate() {
+        let mut client = clients[n % clients.len()].clone();
+        let patch = pb::User {
+            id: stored.id.clone(),
+            given_name: format!("Backlog {n}"),
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(async move {
+            update(&mut client, patch, &["given_name"]).await
+        }));
+    }
+    // The writer commits until the backlog is full, then stops.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut committed = stats() - batches0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = stats() - batches0;
+        if now == committed && now > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the writer never stopped ({now} batches)");
+        committed = now;
+    }
+    assert!(
+        (committed as usize) < WRITES,
+        "all {committed} batches committed with no sync: nothing held the writer back"
+    );
+    assert!(
+        app.store.queued_writes() > 0,
+        "the writes not committed wait in the writer's queue"
+    );
+    assert!(
+        tasks.iter().all(|task| !task.is_finished()),
+        "a write was answered before its sync"
+    );
+    drop(hold);
+    for (n, task) in tasks.into_iter().enumerate() {
+        let written = task.await.expect("task").expect("update");
+        assert_eq!(written.given_name, format!("Backlog {n}"));
+    }
+    assert!(stats() - batches0 >= WRITES as u64);
+    for (n, stored) in users.iter().enumerate() {
+        assert_eq!(stored_given_name(&app.database_url, &stored.id), format!("Backlog {n}"));
+    }
+}
