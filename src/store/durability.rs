@@ -10,9 +10,10 @@
 //! A commit at `NORMAL` is visible to readers before it is synced. So that no answer shows a commit a power loss
 //! could still take back (a read that returned a revision, or a feed position, that is later given to another
 //! change), every read of the store waits, after it ran, until every batch whose COMMIT had started by then is
-//! synced ([`Durability::settled`]): free while nothing waits for a sync, at most one sync otherwise. The
-//! acknowledged-write guarantee is the one `FULL` gives: a write is answered once its log frames are on disk.
-//! Another process reading the same file does not wait for this process's syncs.
+//! synced ([`Durability::settled`]): free while nothing waits for a sync, otherwise until the sync that covers
+//! the newest commit (the one running, or the next). The acknowledged-write guarantee is the one `FULL` gives: a
+//! write is answered once its log frames are on disk. Another process reading the same file does not wait for
+//! this process's syncs.
 
 use std::fs::File;
 use std::io;
@@ -27,8 +28,8 @@ use tokio::sync::watch;
 use super::writer::Finish;
 use crate::domain::error::Error;
 
-/// Committed batches that may wait for the sync thread; beyond this the writer waits before it commits again,
-/// so a disk slower than the writer holds the writes back in the writer's queue rather than here.
+/// Committed batches that may wait for the sync thread; beyond this the writer waits before it takes its next
+/// batch, so a disk slower than the writer holds the writes back in the writer's queue rather than here.
 const SYNC_BACKLOG: usize = 256;
 
 /// Where commits stand against the disk: which batches have begun to commit, which are synced.
