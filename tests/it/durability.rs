@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel::sql_types::Text;
 use user_service::pb;
 
-use crate::support::{Backend, TestApp, create, update, user};
+use crate::support::{Backend, TestApp, create, spawn_updates, update, user};
 
 #[derive(QueryableByName)]
 struct GivenName {
@@ -119,18 +119,7 @@ async fn a_full_sync_backlog_holds_the_writer_back_and_loses_nothing() {
     for _ in 0..WRITES.div_ceil(32) {
         clients.push(app.new_client().await);
     }
-    let mut tasks = Vec::new();
-    for (n, stored) in users.iter().enumerate() {
-        let mut client = clients[n % clients.len()].clone();
-        let patch = pb::User {
-            id: stored.id.clone(),
-            given_name: format!("Backlog {n}"),
-            ..Default::default()
-        };
-        tasks.push(tokio::spawn(async move {
-            update(&mut client, patch, &["given_name"]).await
-        }));
-    }
+    let tasks = spawn_updates(&clients, &users, "Backlog");
     // The writer commits until the backlog is full, then stops.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut committed = stats() - batches0;

@@ -6,7 +6,7 @@ use tonic::Code;
 use user_service::pb;
 
 use crate::backend_tests;
-use crate::support::{Backend, TestApp, create, update, user, violation_fields};
+use crate::support::{Backend, TestApp, create, spawn_updates, update, user, violation_fields};
 
 backend_tests!(a_batch_keeps_each_writes_own_outcome);
 
@@ -129,18 +129,7 @@ async fn a_batch_of_one_commits_each_write_alone() {
     }
     let (batches0, writes0) = app.store.write_stats().expect("SQLite has a writer").snapshot();
     let hold = app.store.hold_writes();
-    let mut tasks = Vec::new();
-    for (n, stored) in users.iter().enumerate() {
-        let mut client = app.client.clone();
-        let patch = pb::User {
-            id: stored.id.clone(),
-            given_name: format!("Alone {n}"),
-            ..Default::default()
-        };
-        tasks.push(tokio::spawn(async move {
-            update(&mut client, patch, &["given_name"]).await
-        }));
-    }
+    let tasks = spawn_updates(std::slice::from_ref(&app.client), &users, "Alone");
     let deadline = Instant::now() + Duration::from_secs(20);
     while app.store.queued_writes() < users.len() - 1 {
         assert!(Instant::now() < deadline, "writes did not queue");

@@ -396,6 +396,27 @@ pub async fn update(client: &mut Client, user: pb::User, paths: &[&str]) -> Resu
         .map(tonic::Response::into_inner)
 }
 
+/// Spawns one `given_name` update per user, spread over `clients` in turn, each naming the user `"{label} {n}"`.
+pub fn spawn_updates(
+    clients: &[Client],
+    users: &[pb::User],
+    label: &str,
+) -> Vec<tokio::task::JoinHandle<Result<pb::User, Status>>> {
+    users
+        .iter()
+        .enumerate()
+        .map(|(n, stored)| {
+            let mut client = clients[n % clients.len()].clone();
+            let patch = pb::User {
+                id: stored.id.clone(),
+                given_name: format!("{label} {n}"),
+                ..Default::default()
+            };
+            tokio::spawn(async move { update(&mut client, patch, &["given_name"]).await })
+        })
+        .collect()
+}
+
 /// The `BadRequest` field paths of an error.
 pub fn violation_fields(status: &Status) -> Vec<String> {
     status
