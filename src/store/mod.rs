@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use connection::{ConnectionManager, DbConnection};
 pub use connection::{DatabaseTarget, SqliteSync};
+use durability::Touches;
 pub use feed::Page;
 pub use tail::Batch;
 pub use users::{Cursor, ListQuery};
@@ -309,7 +310,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, Error> + Send + 'static,
     {
-        self.run_on(&self.pool, self.wait(), f).await
+        self.run_on(&self.pool, self.wait(), None, f).await
     }
 
     /// [`Store::run`] for a call that only reads, on a connection kept for reads (see [`read_share`]).
@@ -318,7 +319,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, Error> + Send + 'static,
     {
-        self.run_on(&self.readers, self.wait(), f).await
+        self.run_on(&self.readers, self.wait(), None, f).await
     }
 
     /// How long a call waits for a connection: briefly while the database is known to be unreachable, the
@@ -328,8 +329,15 @@ impl Store {
     }
 
     /// Runs `f` on a connection of `pool`, waiting at most `wait` for one (the pool's time-out when `None`),
-    /// and keeps track of whether the database answers.
-    async fn run_on<T, F>(&self, pool: &r2d2::Pool<ConnectionManager>, wait: Option<Duration>, f: F) -> Result<T, Error>
+    /// and keeps track of whether the database answers. `user`: `f` reads that one user only (see
+    /// [`Store::settled`]).
+    async fn run_on<T, F>(
+        &self,
+        pool: &r2d2::Pool<ConnectionManager>,
+        wait: Option<Duration>,
+        user: Option<Uuid>,
+        f: F,
+    ) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, Error> + Send + 'static,
@@ -340,15 +348,19 @@ impl Store {
             .await
             .map_err(|e| Error::internal(format!("database task failed: {e}")))?;
         self.track(&result);
-        self.settled().await;
+        self.settled(user).await;
         result
     }
 
     /// Returns once what a read that has just run could have seen is on disk (SQLite at `synchronous=FULL`,
-    /// whose log is synced beside the writer: see `durability`); at once on other stores.
-    async fn settled(&self) {
+    /// whose log is synced beside the writer: see `durability`); at once on other stores. A read of one `user`
+    /// waits only for the writes that may have changed that user.
+    async fn settled(&self, user: Option<Uuid>) {
         if let Some(durability) = self.writer.as_ref().and_then(|writer| writer.durability.as_deref()) {
-            durability.settled().await;
+            match user {
+                Some(user) => durability.settled_for(user).await,
+                None => durability.settled().await,
+            }
         }
     }
 
@@ -361,11 +373,11 @@ impl Store {
             .map(durability::Durability::hold)
     }
 
-    /// Runs a read of one row. On SQLite it runs inline, on the async thread, when an inline connection is free
+    /// Runs a read of the row of `user` (nothing else). On SQLite it runs inline, on the async thread, when an inline connection is free
     /// and the database is not locked: such a read takes microseconds, less than handing it to the blocking
     /// pool and back (two thread switches, measured at about 40% of a GetUser's CPU). Anything that would wait
     /// (no free connection, a lock, a database that is down) goes to the blocking pool as every other call does.
-    async fn read<T, F>(&self, f: F) -> Result<T, Error>
+    async fn read<T, F>(&self, user: Uuid, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: Fn(&mut DbConnection) -> Result<T, Error> + Send + 'static,
@@ -378,12 +390,12 @@ impl Store {
                 Err(Error::Unavailable(_)) => {}
                 result => {
                     drop(conn);
-                    self.settled().await;
+                    self.settled(Some(user)).await;
                     return result;
                 }
             }
         }
-        self.run_read(f).await
+        self.run_on(&self.readers, self.wait(), Some(user), f).await
     }
 
     /// Remembers whether the database answered a call.
@@ -397,7 +409,7 @@ impl Store {
 
     /// Runs a write transaction: on SQLite queued to the writer, which runs it inside its batch's transaction
     /// and settles it once the batch commits; on PostgreSQL in a transaction of its own on a pooled connection.
-    async fn transact<T, F>(&self, f: F) -> Result<T, Error>
+    async fn transact<T, F>(&self, touches: Touches, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, TxError<T>> + Send + 'static,
@@ -405,7 +417,7 @@ impl Store {
         let Some(writer) = &self.writer else {
             return self.run(move |conn| settle(conn.transaction(f), Ok(()))).await;
         };
-        let result = writer.submit(f).await;
+        let result = writer.submit(touches, f).await;
         self.track(&result);
         result
     }
@@ -429,7 +441,7 @@ impl Store {
     /// Whether the database answers. Asked on a connection kept for reads, so writes that take every other
     /// connection do not make a live database look down.
     pub async fn ping(&self) -> bool {
-        self.run_on(&self.readers, Some(PING_WAIT), |conn| {
+        self.run_on(&self.readers, Some(PING_WAIT), None, |conn| {
             diesel::connection::SimpleConnection::batch_execute(conn, "SELECT 1").map_err(db_error)
         })
         .await
@@ -444,7 +456,9 @@ impl Store {
     /// read inline where it can (see [`Store::read`]).
     async fn find(&self, id: Uuid) -> Result<Option<users::Stored>, Error> {
         let Some(group) = &self.read_group else {
-            return self.read(move |conn| users::find(conn, id).map_err(read_error)).await;
+            return self
+                .read(id, move |conn| users::find(conn, id).map_err(read_error))
+                .await;
         };
         let result = group.find(id).await;
         self.track(&result);
@@ -461,7 +475,11 @@ impl Store {
     /// attempt counts as a failure until [`Store::record_sign_in`] resets it, so concurrent guesses cannot pass
     /// the limit. A locked-out user gets the time left.
     pub async fn begin_sign_in(&self, key: LoginKey, now: DateTime<Utc>) -> Result<SignInStart, Error> {
-        self.transact(move |conn| {
+        let touches = match &key {
+            LoginKey::Id(id) => Touches::user(*id),
+            LoginKey::Email(_) | LoginKey::Username(_) => Touches::Any,
+        };
+        self.transact(touches, move |conn| {
             let Some(((user, hash), attempts)) = users::lock_for_sign_in(conn, &key)? else {
                 let (digest, attempts) = users::lock_unknown_sign_in(conn, &key, now)?;
                 return match sign_in::take_attempt(attempts, now) {
@@ -493,8 +511,10 @@ impl Store {
         login_time: Option<DateTime<Utc>>,
         rehash: Option<(String, String)>,
     ) -> Result<Option<Box<User>>, Error> {
-        self.transact(move |conn| Ok(users::record_sign_in(conn, id, login_time, rehash)?.map(Box::new)))
-            .await
+        self.transact(Touches::user(id), move |conn| {
+            Ok(users::record_sign_in(conn, id, login_time, rehash)?.map(Box::new))
+        })
+        .await
     }
 
     /// Users whose e-mail or username (compared case-insensitively) is the given one.
@@ -523,7 +543,9 @@ impl Store {
     /// Hard-deletes users whose purge time has passed (each leaves a PURGED event), and drops the feed events
     /// older than `event_retention`; returns how many users were purged.
     pub async fn purge_expired(&self, now: DateTime<Utc>, event_retention: Duration) -> Result<usize, Error> {
-        let purged = self.transact(move |conn| Ok(users::purge_expired(conn, now)?)).await?;
+        let purged = self
+            .transact(Touches::Any, move |conn| Ok(users::purge_expired(conn, now)?))
+            .await?;
         if purged > 0 {
             self.feed.notify();
         }
@@ -531,11 +553,14 @@ impl Store {
             .ok()
             .and_then(|r| now.checked_sub_signed(r))
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        self.transact(move |conn| Ok(feed::prune(conn, before)?)).await?;
+        self.transact(Touches::no_user(), move |conn| Ok(feed::prune(conn, before)?))
+            .await?;
         // An unknown login's count matters only while a lockout could still follow from it.
         let forgotten = now - sign_in::MAX_LOCKOUT - chrono::Duration::hours(1);
-        self.transact(move |conn| Ok(users::prune_unknown_sign_ins(conn, forgotten)?))
-            .await?;
+        self.transact(Touches::no_user(), move |conn| {
+            Ok(users::prune_unknown_sign_ins(conn, forgotten)?)
+        })
+        .await?;
         Ok(purged)
     }
 
@@ -587,7 +612,8 @@ impl Store {
             })
             .await
         } else {
-            self.transact(move |conn| write_transaction(conn, &caller, commands, dry_run))
+            let touches = Touches::Users(commands.iter().map(Command::id).collect());
+            self.transact(touches, move |conn| write_transaction(conn, &caller, commands, dry_run))
                 .await
         };
         match written {
@@ -619,7 +645,7 @@ impl Store {
         ttl: chrono::Duration,
     ) -> Result<(Box<User>, Option<String>), Error> {
         let sent = self
-            .transact(move |conn| {
+            .transact(Touches::user(id), move |conn| {
                 let now = to_stored_precision(Utc::now());
                 let Some((user, _)) = users::lock_all(conn, &[id])?.remove(&id) else {
                     return Err(Error::not_found(id).into());
@@ -660,7 +686,7 @@ impl Store {
     /// administrator's call, checked by the caller) the user is verified as is.
     pub async fn verify_email(&self, caller: Caller, id: Uuid, code: Option<String>) -> Result<Box<User>, Error> {
         let verified = self
-            .transact(move |conn| {
+            .transact(Touches::user(id), move |conn| {
                 let now = to_stored_precision(Utc::now());
                 let (stored, stored_hash) = users::lock_all(conn, &[id])?.remove(&id).unzip();
                 let outcome = Command::VerifyEmail { id }.decide(stored.as_ref(), &caller, now)?;
@@ -719,7 +745,7 @@ impl Store {
         if !due {
             return Ok(Vec::new());
         }
-        self.transact(move |conn| {
+        self.transact(Touches::no_user(), move |conn| {
             let now = to_stored_precision(Utc::now());
             Ok(verification::claim(conn, now, lease, limit)?)
         })
@@ -735,7 +761,8 @@ impl Store {
         job: MailJob,
         ttl: chrono::Duration,
     ) -> Result<Option<(Box<User>, String)>, Error> {
-        self.transact(move |conn| {
+        // A code and the job: nothing a read of the user shows.
+        self.transact(Touches::no_user(), move |conn| {
             let now = to_stored_precision(Utc::now());
             let user = Uuid::try_parse(&job.user_id)
                 .ok()
@@ -766,7 +793,7 @@ impl Store {
         retry_at: Option<DateTime<Utc>>,
         error: String,
     ) -> Result<(), Error> {
-        self.transact(move |conn| {
+        self.transact(Touches::no_user(), move |conn| {
             let now = to_stored_precision(Utc::now());
             if sent {
                 verification::mark_sent(conn, &id)?;

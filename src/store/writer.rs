@@ -14,7 +14,7 @@ use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{ConnectionManager, DbConnection, with_connection};
-use super::durability::{Committed, Durability, Syncer};
+use super::durability::{Committed, Durability, Syncer, Touches};
 use super::{TxError, UNREACHABLE_WAIT, db_error, settle};
 use crate::domain::error::Error;
 
@@ -28,6 +28,12 @@ pub type Finish = Box<dyn FnOnce(Result<(), Error>) + Send>;
 /// One queued write: runs inside the batch's transaction (or is told why no connection could be had) and
 /// returns how to answer once the batch ends.
 pub type Work = Box<dyn FnOnce(Result<&mut DbConnection, Error>) -> Finish + Send>;
+
+/// A write waiting for the writer, with the users it may change (for reads that wait for its sync).
+struct Queued {
+    touches: Touches,
+    work: Work,
+}
 
 /// How many batches the writer committed and how many writes they held.
 #[derive(Debug, Default)]
@@ -49,7 +55,7 @@ impl WriteStats {
 /// The queue in front of the writer thread. Dropping every clone of the sender ends the thread.
 #[derive(Clone)]
 pub struct GroupWriter {
-    queue: mpsc::Sender<Work>,
+    queue: mpsc::Sender<Queued>,
     /// Held by the writer while it applies a batch; holding it from outside stops the writer before its next
     /// batch (maintenance, and tests that need a known batch).
     hold: Arc<std::sync::Mutex<()>>,
@@ -91,9 +97,10 @@ impl GroupWriter {
         })
     }
 
-    /// Queues the transaction `f` and waits for its batch to end. `f` runs in a savepoint of its own, so a
-    /// write that fails rolls back alone; what it returned is the answer once the batch has committed.
-    pub async fn submit<T, F>(&self, f: F) -> Result<T, Error>
+    /// Queues the transaction `f`, which changes at most what `touches` names, and waits for its batch to end.
+    /// `f` runs in a savepoint of its own, so a write that fails rolls back alone; what it returned is the
+    /// answer once the batch has committed.
+    pub async fn submit<T, F>(&self, touches: Touches, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, TxError<T>> + Send + 'static,
@@ -107,7 +114,7 @@ impl GroupWriter {
             })
         });
         self.queue
-            .send(job)
+            .send(Queued { touches, work: job })
             .await
             .map_err(|_| Error::Unavailable("the database writer has stopped".into()))?;
         answer
@@ -142,8 +149,8 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(self, mut receiver: mpsc::Receiver<Work>) {
-        let mut batch: Vec<Work> = Vec::with_capacity(self.max_batch);
+    fn run(self, mut receiver: mpsc::Receiver<Queued>) {
+        let mut batch: Vec<Queued> = Vec::with_capacity(self.max_batch);
         while let Some(first) = receiver.blocking_recv() {
             let _held = self.hold.lock().unwrap_or_else(|p| p.into_inner());
             batch.push(first);
@@ -159,7 +166,7 @@ impl Writer {
 
     /// Applies the batch in one transaction and answers every write after it ends (with a sync thread, after
     /// it is on disk).
-    fn apply(&self, batch: &mut Vec<Work>) {
+    fn apply(&self, batch: &mut Vec<Queued>) {
         let count = batch.len() as u64;
         let wait = if self.reachable.load(Ordering::Relaxed) {
             self.pool.connection_timeout()
@@ -167,24 +174,31 @@ impl Writer {
             UNREACHABLE_WAIT
         };
         let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+        let mut touched: Vec<Touches> = Vec::new();
         let mut seq = None;
         let committed = with_connection(&self.pool, wait, |conn| {
             conn.transaction(|conn| {
-                for work in batch.drain(..) {
-                    finishes.push(work(Ok(conn)));
+                for queued in batch.drain(..) {
+                    if self.syncer.is_some() {
+                        touched.push(queued.touches);
+                    }
+                    finishes.push((queued.work)(Ok(conn)));
                 }
-                seq = self.syncer.as_ref().map(|syncer| syncer.durability.begin_commit());
+                seq = self
+                    .syncer
+                    .as_ref()
+                    .map(|syncer| syncer.durability.begin_commit(touched.drain(..)));
                 Ok::<_, diesel::result::Error>(())
             })
             .map_err(db_error)
         });
         // Writes left in the batch (no connection, or a failed BEGIN never ran them) get the transaction's answer.
-        for work in batch.drain(..) {
+        for queued in batch.drain(..) {
             let error = committed
                 .clone()
                 .err()
                 .unwrap_or_else(|| Error::internal("write skipped by its batch"));
-            work(Err(error.clone()))(Err(error));
+            (queued.work)(Err(error.clone()))(Err(error));
         }
         if committed.is_ok() {
             self.stats.batches.fetch_add(1, Ordering::Relaxed);

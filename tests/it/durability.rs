@@ -71,6 +71,87 @@ async fn a_commit_is_shown_only_once_its_log_is_synced() {
     assert_eq!(read.etag, written.etag);
 }
 
+/// While an update of one user and a create of another wait for their sync, a GetUser of a third user answers
+/// at once; a GetUser of the updated user, a GetUser of the id being created (which must not answer NOT_FOUND
+/// from the unsynced file) and a ListUsers all wait for the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_one_user_waits_only_for_the_syncs_of_that_user() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    let mut c = app.client.clone();
+    let updated = create(&mut c, user("updated@example.com")).await;
+    let untouched = create(&mut c, user("untouched@example.com")).await;
+    let new_id = uuid::Uuid::now_v7().to_string();
+    let (_, writes0) = app.store.write_stats().expect("SQLite writer").snapshot();
+    let hold = app.store.hold_syncs();
+    assert!(hold.is_some(), "a sync thread at synchronous=FULL");
+
+    let mut writer = app.new_client().await;
+    let patch = pb::User {
+        id: updated.id.clone(),
+        given_name: "Unsynced".into(),
+        ..Default::default()
+    };
+    let write = tokio::spawn(async move { update(&mut writer, patch, &["given_name"]).await });
+    let mut creator = app.new_client().await;
+    let request = pb::CreateUserRequest {
+        user: Some(user("created@example.com")),
+        user_id: new_id.clone(),
+        ..Default::default()
+    };
+    let created = tokio::spawn(async move { creator.create_user(request).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.store.write_stats().expect("SQLite writer").snapshot().1 < writes0 + 2 {
+        assert!(Instant::now() < deadline, "the writes did not commit");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let mut reader = app.new_client().await;
+    let other = tokio::time::timeout(
+        Duration::from_secs(10),
+        reader.get_user(pb::GetUserRequest {
+            id: untouched.id.clone(),
+        }),
+    )
+    .await
+    .expect("a read of a user no unsynced write changed answers while syncs are held")
+    .expect("get")
+    .into_inner();
+    assert_eq!(other.etag, untouched.etag);
+
+    let get = |id: String| {
+        let mut reader = reader.clone();
+        tokio::spawn(async move { reader.get_user(pb::GetUserRequest { id }).await })
+    };
+    let same = get(updated.id.clone());
+    let missing = get(new_id.clone());
+    let mut lister = reader.clone();
+    let list = tokio::spawn(async move { lister.list_users(pb::ListUsersRequest::default()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !same.is_finished(),
+        "a read of the updated user showed its unsynced commit"
+    );
+    assert!(
+        !missing.is_finished(),
+        "a read of the id being created answered before its create was synced"
+    );
+    assert!(!list.is_finished(), "a list showed unsynced commits");
+
+    drop(hold);
+    write.await.expect("task").expect("update");
+    created.await.expect("task").expect("create");
+    assert_eq!(
+        same.await.expect("task").expect("get").into_inner().given_name,
+        "Unsynced"
+    );
+    assert_eq!(missing.await.expect("task").expect("get").into_inner().id, new_id);
+    let listed = list.await.expect("task").expect("list").into_inner().users;
+    assert!(
+        listed.iter().any(|u| u.id == new_id),
+        "the created user is listed once synced"
+    );
+}
+
 /// At `synchronous=NORMAL` commits sync only at checkpoints: there is no sync thread to wait for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn normal_sync_answers_at_commit() {
