@@ -80,12 +80,16 @@ class Bench:
         subprocess.run([self.args.loadgen, "seed", "--database-url", url, "--users", str(users)], check=True,
                        stdout=subprocess.DEVNULL)
         log(f"seeded {users} users into {backend}:{name} in {time.monotonic() - started:.1f} s")
+        os.sync()  # as after a copy (`copy_sqlite`): the seed's writes reach the disk before anything is measured
         return url
 
     def copy_sqlite(self, url, name):
         source = url.removeprefix("sqlite://")
         target = os.path.join(self.work, f"{name}.db")
         shutil.copyfile(source, target)
+        # The copy leaves the whole file dirty in the page cache; written back ~30 s later it would share the disk
+        # with whatever is being measured then (and slow the fsyncs of `synchronous=FULL` most).
+        os.sync()
         return f"sqlite://{target}"
 
     @staticmethod
