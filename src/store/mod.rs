@@ -373,10 +373,11 @@ impl Store {
             .map(durability::Durability::hold)
     }
 
-    /// Runs a read of the row of `user` (nothing else). On SQLite it runs inline, on the async thread, when an inline connection is free
-    /// and the database is not locked: such a read takes microseconds, less than handing it to the blocking
-    /// pool and back (two thread switches, measured at about 40% of a GetUser's CPU). Anything that would wait
-    /// (no free connection, a lock, a database that is down) goes to the blocking pool as every other call does.
+    /// Runs a read of the row of `user` (nothing else). On SQLite it runs inline, on the async thread, when an
+    /// inline connection is free and the database is not locked: such a read takes microseconds, less than
+    /// handing it to the blocking pool and back (two thread switches, measured at about 40% of a GetUser's CPU).
+    /// Anything that would wait (no free connection, a lock, a database that is down) goes to the blocking pool
+    /// as every other call does.
     async fn read<T, F>(&self, user: Uuid, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
