@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::sql_types::Text;
+use tokio::task::JoinHandle;
+use tonic::Status;
 use user_service::pb;
 
 use crate::support::{Backend, TestApp, create, spawn_updates, update, user};
@@ -26,6 +28,26 @@ fn stored_given_name(database_url: &str, id: &str) -> String {
         .given_name
 }
 
+/// Spawns an update of user `id`'s given name to `name`, on a connection of its own.
+async fn spawn_name_update(app: &TestApp, id: &str, name: &str) -> JoinHandle<Result<pb::User, Status>> {
+    let mut writer = app.new_client().await;
+    let patch = pb::User {
+        id: id.to_owned(),
+        given_name: name.to_owned(),
+        ..Default::default()
+    };
+    tokio::spawn(async move { update(&mut writer, patch, &["given_name"]).await })
+}
+
+/// Waits until the SQLite writer has committed `writes` writes in all.
+async fn wait_for_committed_writes(app: &TestApp, writes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.store.write_stats().expect("SQLite writer").snapshot().1 < writes {
+        assert!(Instant::now() < deadline, "the writes did not commit");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// With the sync thread held, an update commits (its row is in the file) but is not answered, and a GetUser
 /// on another connection, started after the commit, waits too rather than show the unsynced name; once syncs
 /// go on, both answer with the new name.
@@ -34,23 +56,13 @@ async fn a_commit_is_shown_only_once_its_log_is_synced() {
     let app = TestApp::start(Backend::Sqlite).await;
     let mut c = app.client.clone();
     let created = create(&mut c, user("synced@example.com")).await;
-    let (batches0, _) = app.store.write_stats().expect("SQLite writer").snapshot();
+    let (_, writes0) = app.store.write_stats().expect("SQLite writer").snapshot();
     // Kept as the `Option` the store gives: the guard is held across the waits below on purpose.
     let hold = app.store.hold_syncs();
     assert!(hold.is_some(), "a sync thread at synchronous=FULL");
 
-    let mut writer = app.new_client().await;
-    let patch = pb::User {
-        id: created.id.clone(),
-        given_name: "Synced".into(),
-        ..Default::default()
-    };
-    let write = tokio::spawn(async move { update(&mut writer, patch, &["given_name"]).await });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.store.write_stats().expect("SQLite writer").snapshot().0 == batches0 {
-        assert!(Instant::now() < deadline, "the update did not commit");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let write = spawn_name_update(&app, &created.id, "Synced").await;
+    wait_for_committed_writes(&app, writes0 + 1).await;
     assert_eq!(stored_given_name(&app.database_url, &created.id), "Synced");
 
     let mut reader = app.new_client().await;
@@ -85,13 +97,7 @@ async fn a_read_of_one_user_waits_only_for_the_syncs_of_that_user() {
     let hold = app.store.hold_syncs();
     assert!(hold.is_some(), "a sync thread at synchronous=FULL");
 
-    let mut writer = app.new_client().await;
-    let patch = pb::User {
-        id: updated.id.clone(),
-        given_name: "Unsynced".into(),
-        ..Default::default()
-    };
-    let write = tokio::spawn(async move { update(&mut writer, patch, &["given_name"]).await });
+    let write = spawn_name_update(&app, &updated.id, "Unsynced").await;
     let mut creator = app.new_client().await;
     let request = pb::CreateUserRequest {
         user: Some(user("created@example.com")),
@@ -99,11 +105,7 @@ async fn a_read_of_one_user_waits_only_for_the_syncs_of_that_user() {
         ..Default::default()
     };
     let created = tokio::spawn(async move { creator.create_user(request).await });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.store.write_stats().expect("SQLite writer").snapshot().1 < writes0 + 2 {
-        assert!(Instant::now() < deadline, "the writes did not commit");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_committed_writes(&app, writes0 + 2).await;
 
     let mut reader = app.new_client().await;
     let other = tokio::time::timeout(
